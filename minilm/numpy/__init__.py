@@ -1,0 +1,61 @@
+"""minilm.numpy: the readable NumPy references, forward and hand-written backward.
+
+Every name here has a PyTorch twin of the same name and arguments in ``minilm.torch``.
+Only NumPy is imported. Never run a file in this folder as a script (the folder would shadow
+NumPy itself): use ``python -m``.
+
+| name | module |
+| --- | --- |
+| softmax, log_softmax, cross_entropy | functional |
+| scaled_dot_product_attention (+ _backward), split_heads, merge_heads | attention |
+| flash_attention, flash_attention_backward | flash_attention |
+| token_log_probs, sequence_log_prob, perplexity, bits_per_token | likelihood |
+| TransformerLM | transformer |
+| LSTMLM | lstm |
+| generate | generate |
+| SGD, AdamW, clip_grad_norm, cosine_schedule | optim |
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> submodule that defines it; imported on first use (PEP 562), so each idea's module
+# stays independent and `import minilm.numpy` is cheap.
+_EXPORTS = {
+    "softmax": "functional",
+    "log_softmax": "functional",
+    "cross_entropy": "functional",
+    "scaled_dot_product_attention": "attention",
+    "scaled_dot_product_attention_backward": "attention",
+    "split_heads": "attention",
+    "merge_heads": "attention",
+    "flash_attention": "flash_attention",
+    "flash_attention_backward": "flash_attention",
+    "token_log_probs": "likelihood",
+    "sequence_log_prob": "likelihood",
+    "perplexity": "likelihood",
+    "bits_per_token": "likelihood",
+    "TransformerLM": "transformer",
+    "LSTMLM": "lstm",
+    "generate": "generate",
+}
+_SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
+               "transformer", "lstm", "generate", "optim", "train"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,60 @@
+"""minilm.torch: the PyTorch twins of minilm.numpy, same names, same arguments, same weights.
+
+Every name here is the twin of the NumPy reference of the same name in ``minilm.numpy``;
+backward passes come from autograd, so there are no ``*_backward`` functions.
+Imports torch. Never run a file in this folder as a script (the folder would shadow
+torch itself): use ``python -m``.
+
+| name | module |
+| --- | --- |
+| softmax, log_softmax, cross_entropy | functional |
+| scaled_dot_product_attention, split_heads, merge_heads | attention |
+| flash_attention | flash_attention |
+| token_log_probs, sequence_log_prob, perplexity, bits_per_token | likelihood |
+| TransformerLM | transformer |
+| LSTMLM | lstm |
+| generate | generate |
+| (optimisers: torch.optim) | |
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> submodule that defines it; imported on first use (PEP 562), so each idea's module
+# stays independent and `import minilm.numpy` is cheap.
+_EXPORTS = {
+    "softmax": "functional",
+    "log_softmax": "functional",
+    "cross_entropy": "functional",
+    "scaled_dot_product_attention": "attention",
+    "split_heads": "attention",
+    "merge_heads": "attention",
+    "flash_attention": "flash_attention",
+    "token_log_probs": "likelihood",
+    "sequence_log_prob": "likelihood",
+    "perplexity": "likelihood",
+    "bits_per_token": "likelihood",
+    "TransformerLM": "transformer",
+    "LSTMLM": "lstm",
+    "generate": "generate",
+}
+_SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
+               "transformer", "lstm", "generate", "train"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
