@@ -6,6 +6,10 @@
 - ``numerical_grad(f, x)`` and ``check_grad(f, x, grad)``: central finite differences, the
   independent check of every hand-written backward pass.
 
+- ``attention_conformance(fn)``: the conformance suite any attention function with the
+  ``minilm.kernels.flash_attention`` signature can be run through (defined in
+  ``minilm.conformance``; imported on first use because it needs torch).
+
 Only NumPy is imported here; torch tensors are converted if torch is present.
 """
 
@@ -15,7 +19,23 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["as_numpy", "assert_close", "max_errors", "numerical_grad", "check_grad"]
+__all__ = [
+    "as_numpy",
+    "assert_close",
+    "max_errors",
+    "numerical_grad",
+    "check_grad",
+    "attention_conformance",
+]
+
+
+def __getattr__(name: str):
+    # attention_conformance needs torch, so it is imported lazily (PEP 562).
+    if name == "attention_conformance":
+        from minilm.conformance import attention_conformance
+
+        return attention_conformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_numpy(x: Any) -> np.ndarray:
