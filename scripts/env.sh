@@ -21,24 +21,33 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
 stamp="$venv/.minilm-installed"
-want="$(cat "$root/pyproject.toml" | cksum) $extras"
+want="$(cksum < "$root/pyproject.toml") $extras"
+log="$venv/.minilm-install.log"
+
+quiet_pip() {  # pip, its output kept in $log and shown only when it fails
+  if ! "${pip[@]}" "$@" >"$log" 2>&1; then
+    grep -v -e "is ignored" -e "Retrying" "$log" >&2
+    echo "minilm: 'pip $*' failed (full log: $log)" >&2
+    exit 1
+  fi
+}
+
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if [[ ",$extras," == *",torch,"* || ",$extras," == *",triton,"* ]] \
       && ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-      echo "minilm: installing torch (CUDA build: a GPU is present)" >&2
-      "${pip[@]}" install "torch==$torch_version" 2>&1 | grep -v "is ignored" >&2 || true
+      echo "minilm: installing torch $torch_version (CUDA build: a GPU is present)" >&2
+      quiet_pip install "torch==$torch_version" numpy
     else
       echo "minilm: installing torch $torch_version (CPU build: no GPU here)" >&2
-      "${pip[@]}" install --retries 1 "torch==$torch_version" \
-        --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
-        | grep -v -e "is ignored" -e "Retrying" -e "Could not fetch URL" >&2 || true
+      # PyTorch's CPU index is tried first-class; where it cannot be reached (offline
+      # machines with the CPU wheel on disk) pip goes on with what it finds locally.
+      quiet_pip install --retries 1 "torch==$torch_version" numpy \
+        --extra-index-url https://download.pytorch.org/whl/cpu
     fi
-    "$venv/bin/python" -c "import torch" || { echo "minilm: torch failed to install" >&2; exit 1; }
   fi
   echo "minilm: installing minilm[$extras] into $venv" >&2
-  "${pip[@]}" install -e "$root[$extras]" 2>&1 | grep -v "is ignored" >&2 || true
-  "$venv/bin/python" -c "import minilm" || { echo "minilm: install failed" >&2; exit 1; }
+  quiet_pip install -e "$root[$extras]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
