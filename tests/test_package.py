@@ -66,3 +66,19 @@ def test_wheel_ships_kernels_inside_minilm_and_no_top_level_kernels(tmp_path):
     top_level = {n.split("/")[0] for n in names}
     assert "kernels" not in top_level, top_level
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_kernels_without_triton_name_the_missing_extra():
+    """Simulate a Mac without Triton: `import triton` fails, minilm.kernels says what to install."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import minilm.numpy, minilm.config\n"
+        "try:\n"
+        "    import minilm.kernels\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+        "else:\n"
+        "    raise SystemExit('minilm.kernels imported without triton')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "minilm[triton]" in out.stdout and "'triton'" in out.stdout, out.stdout
