@@ -50,6 +50,7 @@ __all__ = [
     "write_json",
     "RunFolder",
     "plot_losses",
+    "load_run",
 ]
 
 FORMAT = "minilm-checkpoint"
@@ -371,3 +372,66 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     fig.savefig(buf, format="png")
     data = buf.getvalue()
     return atomic_write(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained model back
+
+
+def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cpu",
+             attention: str | None = None):
+    """``(model, tokenizer, ckpt)`` from a checkpoint file or run folder, ready to evaluate.
+
+    ``impl`` ("numpy" or "torch") defaults to the framework that wrote the checkpoint; the
+    weights load into either twin (their state dicts have the same keys). ``attention``
+    overrides the torch Transformer's attention ("naive", "sdpa", "triton").
+    """
+    from minilm.config import LSTMConfig, TransformerConfig
+    from minilm.numpy.train import tokenizer_from_meta
+
+    ckpt = load_checkpoint(path)
+    impl = impl or ckpt.framework
+    if impl not in ("numpy", "torch"):
+        raise ValueError(f"impl must be 'numpy' or 'torch', got {impl!r}")
+    meta = ckpt.meta
+    try:
+        kind = meta["model"]
+        config = (TransformerConfig if kind == "transformer" else LSTMConfig).from_dict(meta["config"])
+        train_args = meta.get("args", {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path}: its model config is unreadable ({e})") from None
+    tokenizer = tokenizer_from_meta(meta, ckpt.path)
+    weights = ckpt.state["model"]
+    first = next(iter(weights.values()))
+    dtype_name = str(first.dtype).replace("torch.", "")
+    try:
+        if impl == "numpy":
+            if kind == "transformer":
+                from minilm.numpy.transformer import TransformerLM as Model
+            else:
+                from minilm.numpy.lstm import LSTMLM as Model
+            dtype = np.float64 if dtype_name == "float64" else np.float32
+            model = Model(config, seed=0, dtype=dtype)
+            model.load_state_dict({k: (v.detach().cpu().numpy() if _is_torch_tensor(v) else v)
+                                   for k, v in weights.items()})
+        else:
+            import torch
+
+            if kind == "transformer":
+                from minilm.torch.transformer import TransformerLM
+
+                model = TransformerLM(config, seed=0,
+                                      attention=attention or train_args.get("attention", "sdpa"))
+            else:
+                from minilm.torch.lstm import LSTMLM
+
+                model = LSTMLM(config, seed=0)
+            if dtype_name == "float64":
+                model = model.to(torch.float64)
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+            model = model.to(device).eval()
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({e})") from None
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({e})") from None
+    return model, tokenizer, ckpt

@@ -1,0 +1,433 @@
+"""The ``minilm`` command: ``train``, ``generate``, ``eval`` and ``bench``.
+
+``minilm`` and ``python -m minilm`` are the same program. With no arguments, ``minilm train``
+is the main job: the ``default`` preset, a small character-level Transformer trained on the
+builtin corpus in about three minutes on two CPU cores, leaving ``runs/default/``.
+
+Errors a user can make (bad flags, missing or corrupt files, an unknown preset or corpus, a
+missing optional dependency such as triton) end in ONE line on stderr and a non-zero exit:
+2 for usage errors, 1 for the rest, 130 after Ctrl-C (a checkpoint is saved first). Anything
+else is a bug and keeps its traceback. ``--debug`` (or ``MINILM_DEBUG=1``) shows the
+traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A bad combination of flags (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (plus a pointer to --help), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _fmt(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+TRAIN_EXAMPLES = _fmt("""
+    examples:
+      minilm train                                   # the main job: preset 'default', ~3 min on 2 CPU cores
+      minilm train --preset tiny --out runs/tiny     # a few seconds
+      minilm train --preset shakespeare-char         # nanoGPT's laptop run (val loss ~1.88)
+      minilm train --model lstm --preset shakespeare-char-lstm
+      minilm train --impl numpy --steps 300 --corpus my.txt --tokenizer bpe --vocab-size 512
+      minilm train --resume --out runs/default       # continue a stopped run exactly
+      torchrun --nproc_per_node 2 -m minilm train --batch-size 24   # data parallel (DDP)
+
+    Ctrl-C stops after the current step, saves a checkpoint and exits with code 130.
+    The run folder gets checkpoint.{pt,npz}, config.json, tokenizer.json, log.jsonl, loss.png.
+""")
+
+GENERATE_EXAMPLES = _fmt("""
+    examples:
+      minilm generate --checkpoint runs/default --prompt "The "
+      minilm generate --checkpoint runs/default --temperature 0 --max-new-tokens 100   # greedy
+      minilm generate --checkpoint runs/shakespeare-char --top-k 40 --num-samples 3 --seed 1
+""")
+
+EVAL_EXAMPLES = _fmt("""
+    examples:
+      minilm eval --checkpoint runs/default
+      minilm eval --checkpoint runs/shakespeare-char --eval-iters 200
+      minilm eval --checkpoint runs/default --corpus other.txt   # validation split of another text
+""")
+
+BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
+    # name: (module with main(argv) or None, script under benchmarks/, what it measures)
+    "compile": ("minilm.kernels.compile", "compile_kernels.py",
+                "compile the Triton kernels for a GPU and check them against PyTorch"),
+    "attention": ("minilm.kernels.bench", "bench_attention_gpu.py",
+                  "flash-attention kernel vs torch SDPA: time, TFLOP/s, memory"),
+    "train-step": (None, "bench_train_step.py",
+                   "one training step, NumPy reference vs PyTorch twin"),
+    "generate": (None, "bench_generate.py", "generation with and without the KV cache"),
+    "quality": (None, "bench_quality.py",
+                "shakespeare-char Transformer and LSTM presets: val loss and wall time vs targets"),
+    "tokenizer": (None, "bench_tokenizer.py", "tokenizer training and encoding speed"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from minilm.presets import PRESETS
+
+    parser = _Parser(
+        prog="minilm",
+        description=_wrap("minilm: language models and their kernels, from scratch. "
+                    "Train, sample from, evaluate and benchmark small language models."),
+        epilog="run 'minilm COMMAND --help' for each command's flags and examples",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors (also MINILM_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # --- train ---
+    t = sub.add_parser(
+        "train", help="train a model (no arguments: the main job, preset 'default')",
+        description=_wrap("Train a Transformer or LSTM language model with the NumPy reference loop or "
+                    "its PyTorch twin. Flags override the preset; with no flags this is the "
+                    "'default' preset: a small char-level Transformer on the builtin corpus "
+                    "(~3 minutes on 2 CPU cores). Prints validation perplexity and a sample."),
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"settings to start from: {', '.join(sorted(PRESETS))} (default: default)")
+    t.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = t.add_argument_group("model")
+    g.add_argument("--model", choices=["transformer", "lstm"], help="model kind")
+    g.add_argument("--impl", choices=["numpy", "torch"], help="NumPy reference loop or PyTorch twin")
+    g.add_argument("--attention", choices=["naive", "sdpa", "triton"],
+                   help="torch Transformer attention: naive (twin of NumPy), sdpa, triton")
+    g.add_argument("--context-length", type=int, help="T: training window / context")
+    g.add_argument("--d-model", type=int, help="C: Transformer width")
+    g.add_argument("--n-layer", type=int, help="Transformer blocks / LSTM layers")
+    g.add_argument("--n-head", type=int, help="H: attention heads")
+    g.add_argument("--n-kv-head", type=int, help="Hkv: key/value heads (grouped-query attention)")
+    g.add_argument("--d-ff", type=int, help="Transformer MLP width (default 4 * d_model)")
+    g.add_argument("--d-embed", type=int, help="LSTM embedding width")
+    g.add_argument("--d-hidden", type=int, help="LSTM hidden width")
+    g.add_argument("--dropout", type=float, help="dropout probability (torch only)")
+    g = t.add_argument_group("data")
+    g.add_argument("--corpus", help="builtin, tinyshakespeare, or a path to a text file")
+    g.add_argument("--tokenizer", choices=["char", "bpe"], help="character or byte-level BPE")
+    g.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    g.add_argument("--lstm-bptt", choices=["carry", "random"],
+                   help="LSTM windows: consecutive with carried state, or random from zero state")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, help="optimiser steps")
+    g.add_argument("--batch-size", type=int, help="B: sequences per step (over all ranks)")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (>= 2-D weights only)")
+    g.add_argument("--beta1", type=float, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    g = t.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, exactly")
+    g.add_argument("--seed", type=int, help="seed for weights, batches, dropout, samples")
+    g.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", choices=["float32", "float64"], help="parameter dtype")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
+                   help="torch mixed precision (auto: bf16 on a GPU that has it, none on CPU)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
+    g.add_argument("--eval-iters", type=int, help="validation batches per evaluation")
+    g.add_argument("--sample-tokens", type=int, help="tokens in each printed sample (0: none)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # --- generate ---
+    gen = sub.add_parser(
+        "generate", help="sample text from a trained model",
+        description=_wrap("Sample text from a checkpoint (a run folder or its checkpoint file). "
+                    "Sampling is seeded: the same seed gives the same text, in either --impl."),
+        epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint file")
+    gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    gen.add_argument("--temperature", type=float, default=0.8,
+                     help="softmax temperature; 0 is greedy (default 0.8)")
+    gen.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep mass p")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--num-samples", type=int, default=1, help="samples to draw (default 1)")
+    gen.add_argument("--impl", choices=["numpy", "torch"], help="default: the checkpoint's")
+    gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    gen.add_argument("--no-cache", action="store_true", help="recompute every step (no KV cache)")
+
+    # --- eval ---
+    ev = sub.add_parser(
+        "eval", help="validation loss, perplexity and bits per character of a trained model",
+        description=_wrap("Evaluate a checkpoint on the validation split (the last val_fraction of "
+                    "the corpus it was trained on, or of --corpus): loss in nats per token, "
+                    "perplexity exp(loss), bits per token and per character."),
+        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint file")
+    ev.add_argument("--corpus", help="evaluate on this corpus's validation split instead")
+    ev.add_argument("--eval-iters", type=int, default=100, help="validation batches (default 100)")
+    ev.add_argument("--batch-size", type=int, help="default: the training batch size")
+    ev.add_argument("--impl", choices=["numpy", "torch"], help="default: the checkpoint's")
+    ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    # --- bench ---
+    lines = "\n".join(f"  {k:<11} {v[2]}" for k, v in BENCHMARKS.items())
+    b = sub.add_parser(
+        "bench", help="run a benchmark",
+        description=_wrap("Run one of minilm's benchmarks; the arguments after its name go to it "
+                    "('minilm bench attention --help')."),
+        epilog=f"benchmarks:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("which", choices=list(BENCHMARKS), metavar="BENCHMARK",
+                   help=f"one of: {', '.join(BENCHMARKS)}")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="arguments for the benchmark")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+_TRAIN_FIELDS = ["model", "impl", "attention", "context_length", "d_model", "n_layer", "n_head",
+                 "n_kv_head", "d_ff", "d_embed", "d_hidden", "dropout", "corpus", "tokenizer",
+                 "vocab_size", "lstm_bptt", "steps", "batch_size", "lr", "min_lr", "warmup_steps",
+                 "weight_decay", "beta1", "beta2", "grad_clip", "seed", "device", "dtype", "amp",
+                 "threads", "eval_interval", "eval_iters", "sample_tokens"]
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from minilm.presets import PRESETS, TrainArgs, get_preset
+
+    if ns.list_presets:
+        for name, overrides in PRESETS.items():
+            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        return 0
+    overrides = {k: getattr(ns, k) for k in _TRAIN_FIELDS if getattr(ns, k) is not None}
+    preset = ns.preset or "default"
+    out = Path(ns.out) if ns.out else Path("runs") / preset
+    if ns.resume:
+        from minilm.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(out)
+        if ns.preset:
+            raise UsageError("--resume takes its settings from the checkpoint; drop --preset")
+        args = TrainArgs.from_dict(ckpt.meta["args"]).replace(**overrides)
+    else:
+        args = get_preset(preset, **overrides)
+    if args.impl == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ImportError("--impl torch needs PyTorch: pip install 'minilm[torch]', "
+                              "or train with --impl numpy") from None
+        from minilm.torch.train import train
+    else:
+        from minilm.numpy.train import train
+    if _is_rank0():
+        what = f"{args.model} ({args.impl}) on {args.corpus}, {args.tokenizer} tokenizer"
+        verb = "resuming" if ns.resume else "training"
+        print(f"minilm: {verb} {what} for {args.steps} steps -> {out}", flush=True)
+    result = train(args, out, resume=ns.resume, progress=not ns.quiet)
+    if not _is_rank0():
+        return EXIT_INTERRUPTED if result.interrupted else 0
+    if result.interrupted:
+        sys.stderr.write(f"minilm: interrupted after step {result.step}: checkpoint saved to "
+                         f"{result.checkpoint} (continue with: minilm train --resume --out {out})\n")
+        return EXIT_INTERRUPTED
+    unit = "char" if args.tokenizer == "char" else "token"
+    print(f"\ndone: {result.step} steps in {result.seconds:.1f}s")
+    print(f"validation: loss {result.val_loss:.4f} nats/{unit} | perplexity "
+          f"{result.val_perplexity:.3f} | bits/char {result.bits_per_char:.4f}")
+    if result.sample:
+        print(f"sample:\n{result.sample}")
+    print(f"run folder: {out} (checkpoint, config.json, tokenizer.json, log.jsonl, loss.png)")
+    return 0
+
+
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def cmd_generate(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    from minilm.checkpoint import load_run
+
+    _check_positive("--max-new-tokens", ns.max_new_tokens)
+    _check_positive("--num-samples", ns.num_samples)
+    _check_positive("--temperature", ns.temperature, allow_zero=True)
+    _check_positive("--top-k", ns.top_k)
+    if ns.top_p is not None and not 0 < ns.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {ns.top_p}")
+    model, tokenizer, ckpt = load_run(ns.checkpoint, impl=ns.impl, device=ns.device)
+    ids = tokenizer.encode(ns.prompt)
+    if not ids:
+        raise UsageError("--prompt encodes to no tokens; give at least one character")
+    idx = np.asarray([ids], dtype=np.int64)  # (1, T)
+    kwargs = dict(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p,
+                  num_return_sequences=ns.num_samples, seed=ns.seed, use_cache=not ns.no_cache)
+    if (ns.impl or ckpt.framework) == "torch":
+        import torch
+
+        from minilm.torch.generate import generate
+
+        with torch.no_grad():
+            out = generate(model, torch.from_numpy(idx).to(ns.device), ns.max_new_tokens, **kwargs)
+        rows = out.cpu().tolist()
+    else:
+        from minilm.numpy.generate import generate
+
+        rows = np.asarray(generate(model, idx, ns.max_new_tokens, **kwargs)).tolist()
+    for i, row in enumerate(rows):
+        if i:
+            print("-" * 40)
+        print(tokenizer.decode(row))
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from minilm.checkpoint import load_run
+    from minilm.numpy.train import metrics, prepare_data
+    from minilm.presets import TrainArgs
+
+    _check_positive("--eval-iters", ns.eval_iters)
+    _check_positive("--batch-size", ns.batch_size)
+    model, tokenizer, ckpt = load_run(ns.checkpoint, impl=ns.impl, device=ns.device)
+    args = TrainArgs.from_dict(ckpt.meta["args"]).replace(
+        batch_size=ns.batch_size, corpus=ns.corpus, eval_iters=ns.eval_iters)
+    data = prepare_data(args, tokenizer)
+    if (ns.impl or ckpt.framework) == "torch":
+        from minilm.torch.train import estimate_loss
+
+        loss = estimate_loss(model, data.val, args, device=ns.device)
+    else:
+        from minilm.numpy.train import estimate_loss
+
+        loss = estimate_loss(model, data.val, args)
+    m = metrics(loss, data.chars_per_token)
+    unit = "char" if args.tokenizer == "char" else "token"
+    print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
+    print(f"corpus: {args.corpus} validation split ({len(data.val)} tokens, "
+          f"{data.chars_per_token:.3f} chars/token)")
+    print(f"val loss: {m['val_loss']:.4f} nats/{unit}")
+    print(f"perplexity: {m['val_perplexity']:.4f}")
+    print(f"bits per token: {m['val_bits_per_token']:.4f}")
+    print(f"bits per char: {m['val_bits_per_char']:.4f}")
+    return 0
+
+
+def repo_benchmarks_dir() -> Path:
+    """``benchmarks/`` of the checkout this minilm was installed from (editable installs)."""
+    return Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    import importlib
+    import runpy
+
+    module_name, script, _ = BENCHMARKS[ns.which]
+    argv = list(ns.bench_args)
+    if module_name is not None:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name) or e.name == module_name:
+                module = None  # not written / not installed: try the script
+            else:
+                raise
+        if module is not None and hasattr(module, "main"):
+            rc = module.main(argv)
+            return int(rc or 0)
+    path = repo_benchmarks_dir() / script
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"'minilm bench {ns.which}' runs benchmarks/{script}, which is not here: the "
+            f"benchmarks ship with a checkout of the repository, not with the installed package")
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = [str(path), *argv]
+    sys.path.insert(0, str(path.parent))
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        sys.stderr.write(f"{code}\n")
+        return EXIT_ERROR
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in text:
+        text = f"{text}: {e.filename}"
+    first, *rest = text.splitlines()
+    return first + (" ..." if rest else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``minilm`` / ``python -m minilm``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:  # `minilm` alone (or `minilm --debug`): the main job
+        ns = parser.parse_args([*argv, "train"])
+    debug = ns.debug or os.environ.get("MINILM_DEBUG", "") not in ("", "0")
+    prog = f"minilm {ns.command}"
+    try:
+        return COMMANDS[ns.command](ns)
+    except UsageError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {e} (see '{prog} --help')\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, ImportError, OSError, FloatingPointError) as e:
+        # user errors: bad values, missing/corrupt files, a missing optional dependency
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover - use `python -m minilm`
+    sys.exit(main())
