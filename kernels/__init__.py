@@ -16,3 +16,7 @@ except ImportError as exc:  # pragma: no cover - exercised on machines without t
         f"minilm.kernels needs torch and triton, and {exc.name!r} is not installed: "
         "install the extra with `pip install 'minilm[triton]'` (Triton is Linux-only)"
     ) from exc
+
+from minilm.kernels.flash_attention import flash_attention  # noqa: E402
+
+__all__ = ["flash_attention"]
