@@ -1,0 +1,39 @@
+"""Data for minilm: tokenizers, corpora, batching, and a synthetic source with a known answer.
+
+| module | what |
+| --- | --- |
+| ``minilm.data.tokenizer`` | the shared base: special tokens, the JSON file, ``load_tokenizer`` |
+| ``minilm.data.char`` | ``CharTokenizer``: one id per character |
+| ``minilm.data.bpe`` | ``BPETokenizer``: byte-level byte-pair encoding |
+| ``minilm.data.corpus`` | ``load_corpus``: ``"builtin"``, ``"tinyshakespeare"`` or a text file |
+| ``minilm.data.batching`` | ``train_val_split``, ``get_batch``, ``iter_batches``, ``pad_batch`` |
+| ``minilm.data.synthetic`` | ``MarkovSource``: Markov-chain text with an exactly known entropy rate |
+
+Needs only NumPy and the standard library.
+"""
+
+from minilm.data.batching import causal_key_mask, get_batch, iter_batches, pad_batch, train_val_split
+from minilm.data.bpe import GPT2_SPLIT_PATTERN, BPETokenizer
+from minilm.data.char import CharTokenizer
+from minilm.data.corpus import CORPORA, data_dir, load_corpus
+from minilm.data.synthetic import MarkovSource
+from minilm.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, load_tokenizer, tokenizer_from_dict
+
+__all__ = [
+    "Tokenizer",
+    "CharTokenizer",
+    "BPETokenizer",
+    "GPT2_SPLIT_PATTERN",
+    "DEFAULT_SPECIAL_TOKENS",
+    "load_tokenizer",
+    "tokenizer_from_dict",
+    "load_corpus",
+    "data_dir",
+    "CORPORA",
+    "train_val_split",
+    "get_batch",
+    "iter_batches",
+    "pad_batch",
+    "causal_key_mask",
+    "MarkovSource",
+]
