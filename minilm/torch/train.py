@@ -1,0 +1,425 @@
+"""The PyTorch training loop: the twin of ``minilm.numpy.train``, plus GPUs and torchrun.
+
+One step, as in the NumPy loop::
+
+    lr_t        = cosine_schedule(t, lr, min_lr, warmup_steps, steps)
+    x, y        = batch(t)                               # (B, T) int64 each, y = x shifted by one
+    loss        = cross_entropy(model(x), y)             # mean, nats
+    g           = autograd(loss)                         # DDP averages g over ranks
+    g          <- g * min(1, clip / ||g||_2)             # torch.nn.utils.clip_grad_norm_
+    theta      <- AdamW(theta, g, lr_t)                  # torch.optim.AdamW, decay on >= 2-D only
+
+The batches, the validation windows, the samples, the schedule and the LSTM's truncated
+BPTT are the NumPy loop's (its helpers are imported from ``minilm.numpy.train``), so from the
+same seed in float64 both loops give the same losses.
+
+What the twin adds:
+
+- ``device``: "auto" picks CUDA when present. On a GPU, ``amp`` runs the forward pass under
+  ``torch.autocast`` in bfloat16 ("auto" when supported) or float16 (with a ``GradScaler``);
+  parameters and optimiser state stay float32.
+- Distributed data parallel: under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in
+  the environment) the model is wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on
+  CPUs). Every rank draws the same global batch of ``batch_size`` rows from the same generator
+  and keeps its ``batch_size / world_size`` rows; DDP averages the gradients, so W ranks take
+  exactly the step one process would take on the whole batch. Rank 0 alone evaluates, prints
+  and writes files; the LSTM's carried state is gathered from all ranks into the checkpoint.
+- Dropout draws from torch's default generator (``nn.Dropout`` takes no generator), seeded
+  with ``seed + rank`` and saved in the checkpoint, so resuming stays exact.
+
+Deliberately left out: gradient accumulation, ``torch.compile``, FSDP.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minilm.checkpoint import CheckpointError, RunFolder, load_checkpoint, save_checkpoint, write_json
+from minilm.numpy.optim import cosine_schedule
+from minilm.numpy.train import (
+    Data,
+    ForcedStop,
+    Reporter,
+    StopFlag,
+    TrainResult,
+    check_resume,
+    checkpoint_meta,
+    metrics,
+    prepare_data,
+    random_batch,
+    sample_prompt,
+    stream_batch,
+    stream_windows,
+    tokenizer_from_meta,
+)
+from minilm.presets import TrainArgs
+
+__all__ = ["train", "TrainResult", "estimate_loss", "build_model", "resolve_device"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, precision, processes
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is present, else cpu."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_amp(args: TrainArgs, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: full precision)."""
+    amp = args.amp
+    if amp == "auto":
+        if device.type == "cuda" and args.dtype == "float32":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if amp == "none":
+        return None
+    if args.dtype == "float64":
+        raise ValueError(f"--amp {amp} makes no sense with --dtype float64")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (on a CPU use --amp bf16 or none)")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+class Dist:
+    """This process's place under torchrun: rank, world size, local rank (1 process: 0, 1, 0)."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owns_group = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def init(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """All-reduce mean (gloo has no AVG: sum, then divide)."""
+        if not self.enabled:
+            return x
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x / self.world_size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather_streams(self, t: torch.Tensor) -> torch.Tensor:
+        """(n_layer, B/W, H) on every rank -> (n_layer, B, H), streams in rank order."""
+        if not self.enabled:
+            return t
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=1)  # (n_layer, B, H)
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, evaluation, sampling
+
+
+def build_model(config: Any, args: TrainArgs, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The torch twin, initialised with the NumPy init of ``args.seed`` (so both loops start equal)."""
+    if args.model == "transformer":
+        from minilm.torch.transformer import TransformerLM
+
+        model = TransformerLM(config, seed=args.seed, attention=args.attention)
+    else:
+        from minilm.torch.lstm import LSTMLM
+
+        model = LSTMLM(config, seed=args.seed)
+    if args.dtype == "float64":
+        # Load the NumPy init drawn in float64, not a float32 init cast up, so the weights are
+        # exactly the NumPy loop's.
+        from minilm.numpy.train import build_model as build_numpy_model
+
+        model = model.to(torch.float64)
+        model.load_state_dict(build_numpy_model(config, args).state_dict())
+    return model.to(device)
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    out = model(x, state=state) if state is not None else model(x)
+    if isinstance(out, tuple):  # the LSTM returns (logits, state)
+        return out
+    return out, None
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    V = logits.shape[-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))  # (B*T, V), (B*T,)
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
+                  eval_iters: int | None = None, device: torch.device | str = "cpu",
+                  amp: torch.dtype | None = None) -> float:
+    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin."""
+    n = eval_iters or args.eval_iters
+    B, T = args.batch_size, args.context_length
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    losses = []
+    try:
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            if args.model == "lstm" and args.lstm_bptt == "carry":
+                streams, windows = stream_windows(val, B, T, n)
+                L = (len(val) - 1) // streams
+                state = None
+                for w in range(windows):
+                    offsets = (np.arange(streams) * L + w * T)[:, None] + np.arange(T)[None, :]  # (B, T)
+                    x = torch.from_numpy(val[offsets]).to(device)
+                    y = torch.from_numpy(val[offsets + 1]).to(device)
+                    logits, state = _logits(model, x, state)  # (B, T, V)
+                    losses.append(_loss(logits, y).item())
+            else:
+                rng = np.random.default_rng(args.seed + 1)
+                for _ in range(n):
+                    x, y = random_batch(val, B, T, rng)  # (B, T) each
+                    logits, _ = _logits(model, torch.from_numpy(x).to(device))  # (B, T, V)
+                    losses.append(_loss(logits, torch.from_numpy(y).to(device)).item())
+    finally:
+        model.train(was_training)
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, data: Data, args: TrainArgs, device: torch.device | str = "cpu",
+           n_tokens: int | None = None) -> str:
+    """The same sample as the NumPy twin's (temperature 0.8, seed ``args.seed``)."""
+    from minilm.torch.generate import generate
+
+    n = args.sample_tokens if n_tokens is None else n_tokens
+    if n <= 0:
+        return ""
+    was_training = model.training
+    model.eval()
+    try:
+        idx = generate(model, torch.from_numpy(sample_prompt(data)).to(device), n,
+                       temperature=0.8, seed=args.seed)  # (1, 1 + n)
+    finally:
+        model.train(was_training)
+    return data.tokenizer.decode(idx[0].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = False,
+          progress: bool = True, callback: Callable[[int, float], None] | None = None,
+          print_fn: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a PyTorch model as ``args`` says; write the run folder ``out`` (rank 0, if given).
+
+    Same contract as ``minilm.numpy.train.train``; under torchrun every rank calls it.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if args.impl != "torch":
+        args = args.replace(impl="torch")
+    dist = Dist()
+    if args.batch_size % dist.world_size:
+        raise ValueError(f"batch_size={args.batch_size} is not divisible by the "
+                         f"{dist.world_size} ranks")
+    device = resolve_device(args.device, dist.local_rank)
+    amp = resolve_amp(args, device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    is_main = dist.rank == 0
+    run = RunFolder(out) if out is not None else None
+    ckpt = None
+    if resume:
+        if run is None:
+            raise ValueError("resume=True needs the run folder `out`")
+        ckpt = load_checkpoint(run.root)
+        if ckpt.framework != "torch":
+            raise CheckpointError(f"{ckpt.path}: written by the {ckpt.framework} loop; resume it "
+                                  f"with --impl {ckpt.framework}")
+        check_resume(ckpt.meta["args"], args, ckpt.path)
+
+    # --- data, model, optimiser ---
+    tokenizer = tokenizer_from_meta(ckpt.meta, ckpt.path) if ckpt else None
+    data = prepare_data(args, tokenizer)
+    config = args.model_config(data.tokenizer.vocab_size)
+    model = build_model(config, args, device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    rng = np.random.default_rng(args.seed)  # the batch sampler's generator (same on every rank)
+    torch.manual_seed(args.seed + dist.rank)  # dropout only (see the module docstring)
+    state = None  # LSTM (h, c), each (n_layer, B/W, d_hidden), carried between windows
+    start = 0
+    if ckpt is not None:
+        try:
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in ckpt.state["model"].items()})
+            optimizer.load_state_dict(ckpt.state["optim"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt.path}: does not match the model ({e})") from None
+        rng.bit_generator.state = ckpt.meta["numpy_rng"]
+        torch.set_rng_state(ckpt.state["torch_rng"][dist.rank % len(ckpt.state["torch_rng"])])
+        if ckpt.state.get("scaler"):
+            scaler.load_state_dict(ckpt.state["scaler"])
+        if ckpt.state.get("lstm_state") is not None:
+            b = args.batch_size // dist.world_size
+            state = tuple(s[:, dist.rank * b:(dist.rank + 1) * b].to(device)
+                          for s in ckpt.state["lstm_state"])
+        start = ckpt.step
+    dist.init(device)
+    raw_model = model
+    if dist.enabled:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if run is not None and is_main:
+        run.make()
+        write_json(run.config, {"model": args.model, "config": config.to_dict(), "args": args.to_dict()})
+        data.tokenizer.save(str(run.tokenizer))
+        if resume:
+            run.truncate_log(start)
+        elif run.log.exists():
+            run.log.unlink()
+
+    def save(done: int) -> Path | None:
+        # every rank takes part (the LSTM state is gathered); rank 0 writes
+        lstm_state = None
+        if state is not None:
+            lstm_state = [dist.gather_streams(s.detach()).cpu() for s in state]
+        rng_states = [torch.get_rng_state()]
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            rng_states = [None] * dist.world_size
+            tdist.all_gather_object(rng_states, torch.get_rng_state())
+        if run is None or not is_main:
+            return None
+        meta = checkpoint_meta(args, "torch", config, data.tokenizer, done, rng, data.chars_per_token)
+        tree = {"model": raw_model.state_dict(), "optim": optimizer.state_dict(),
+                "torch_rng": rng_states, "lstm_state": lstm_state,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        return save_checkpoint(run.checkpoint("torch"), meta, tree)
+
+    rep = Reporter(args, run, start, progress, active=is_main, print_fn=print_fn)
+    losses: list[float] = []
+    result = TrainResult(out=run.root if run else None, step=start, first_step=start, losses=losses,
+                         val_loss=float("nan"), val_perplexity=float("nan"),
+                         bits_per_char=float("nan"), sample="")
+    t0 = time.perf_counter()
+    done = start
+    lr = cosine_schedule(start, args.lr, args.min_lr, args.warmup_steps, args.steps)
+    model.train()
+    try:
+        with StopFlag() as stop:
+            for step in range(start, args.steps):
+                if dist.any(stop.requested, device):
+                    raise KeyboardInterrupt
+                lr = cosine_schedule(step, args.lr, args.min_lr, args.warmup_steps, args.steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if args.model == "lstm" and args.lstm_bptt == "carry":
+                    x, y, reset = stream_batch(data.train, step, args.batch_size,
+                                               args.context_length, dist.rank, dist.world_size)
+                    if reset:
+                        state = None
+                else:
+                    x, y = random_batch(data.train, args.batch_size, args.context_length, rng,
+                                        dist.rank, dist.world_size)
+                x = torch.from_numpy(x).to(device, non_blocking=True)  # (B/W, T)
+                y = torch.from_numpy(y).to(device, non_blocking=True)  # (B/W, T)
+                with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                    logits, new_state = _logits(model, x, state)  # (B/W, T, V)
+                    loss = _loss(logits, y)
+                if args.model == "lstm" and args.lstm_bptt == "carry":
+                    # truncated BPTT: the state goes on, its gradient stops here
+                    state = tuple(s.detach() for s in new_state)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+                if args.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    # g <- g * min(1, clip / ||g||)
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                done = step + 1
+                loss_value = dist.mean(loss.detach()).item()  # the whole batch's mean loss
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"training loss became {loss_value} at step {done}; "
+                                             f"try a lower --lr")
+                losses.append(loss_value)
+                rep.step(done, loss_value, lr)
+                if callback is not None:
+                    callback(done, loss_value)
+                if done % args.eval_interval == 0 or done == args.steps:
+                    if is_main:
+                        _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
+                    result.checkpoint = save(done)
+    except ForcedStop:
+        rep.close()
+        dist.close()
+        raise
+    except KeyboardInterrupt:
+        rep.flush()
+        rep.close()
+        result.checkpoint = save(done)
+        result.interrupted = True
+    finally:
+        rep.close()
+    dist.close()
+    result.step = done
+    result.seconds = time.perf_counter() - t0
+    result.evals = rep.records
+    return result
+
+
+def _evaluate(model: torch.nn.Module, data: Data, args: TrainArgs, rep: Reporter, done: int,
+              lr: float, result: TrainResult, device: torch.device, amp: torch.dtype | None) -> None:
+    m = metrics(estimate_loss(model, data.val, args, device=device, amp=amp), data.chars_per_token)
+    text = sample(model, data, args, device)
+    rep.evaluation(done, m, lr, text)
+    result.val_loss = m["val_loss"]
+    result.val_perplexity = m["val_perplexity"]
+    result.bits_per_char = m["val_bits_per_char"]
+    result.sample = text
