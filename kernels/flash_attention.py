@@ -46,6 +46,8 @@ Implementation notes, named where they happen below:
   float32 before ``tl.dot`` (``UPCAST``), because the interpreter multiplies 16-bit floats on
   their raw bits; on a GPU 16-bit operands go to the tensor cores as they are.
 - float32 inputs use ``input_precision="ieee"`` dots (true float32, no TF32 rounding).
+- The interpreter rounds float32 -> bfloat16 by truncation, not to nearest as a GPU does, so
+  under it the kernels write float32 results that the wrapper then rounds with torch.
 
 Deliberately left out: dropout, arbitrary attention masks, bottom-right causal alignment
 (``is_causal`` needs L == S), value head dim different from the query head dim, fp8.
@@ -625,6 +627,12 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: 
     return scale
 
 
+def _store_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels write: float32 under the interpreter (its bfloat16 rounding
+    truncates; torch then rounds to nearest), the input dtype on a GPU."""
+    return torch.float32 if INTERPRET else dtype
+
+
 def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.stride())
 
@@ -632,8 +640,8 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float):
     B, H, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    # allocate
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, L, D)
+    # allocate (float32 under the interpreter, rounded to q.dtype by torch below)
+    out = torch.empty_like(q, dtype=_store_dtype(q.dtype), memory_format=torch.contiguous_format)  # (B, H, L, D)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # (B, H, L)
     # launch: one program per (query tile, head, batch)
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), H, B)  # noqa: E731
@@ -648,7 +656,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         **_launch_config("fwd"),
     )
-    return out, lse
+    return out.to(q.dtype), lse
 
 
 def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
@@ -656,9 +664,10 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
     Hkv, S = k.shape[1], k.shape[2]
     block_d = block_d_for(D)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, L, D)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)  # (B, Hkv, S, D)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)  # (B, Hkv, S, D)
+    store = _store_dtype(q.dtype)
+    dq = torch.empty_like(q, dtype=store, memory_format=torch.contiguous_format)  # (B, H, L, D)
+    dk = torch.empty_like(k, dtype=store, memory_format=torch.contiguous_format)  # (B, Hkv, S, D)
+    dv = torch.empty_like(v, dtype=store, memory_format=torch.contiguous_format)  # (B, Hkv, S, D)
     delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # (B, H, L)
 
     block_m = INTERPRETER_CONFIGS["fwd"][0] if INTERPRET else PREPROCESS_BLOCK_M
@@ -685,7 +694,7 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
         IS_CAUSAL=is_causal, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
         **_launch_config("dq"),
     )
-    return dq, dk, dv
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
 class _FlashAttentionFunction(torch.autograd.Function):
