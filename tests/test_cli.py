@@ -1,0 +1,129 @@
+"""The ``minilm`` command, run as ``python -m minilm`` in subprocesses, as users run it.
+
+- every ``--help`` exits 0 and says what the command does;
+- ``train`` with the tiny preset leaves the run folder, prints perplexity and a sample;
+  ``generate`` and ``eval`` work from it, and the NumPy and PyTorch twins sample the same text
+  from the same checkpoint and seed;
+- user errors (bad flags, missing or corrupt files, unknown presets) give ONE line on stderr,
+  a non-zero exit (2 for usage, 1 otherwise) and no traceback;
+- SIGINT (Ctrl-C) during ``train`` saves a checkpoint and exits 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minilm(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "minilm", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def assert_user_error(p: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["eval"], ["bench"]])
+def test_help_exits_0(command):
+    p = minilm(*command, "--help")
+    assert p.returncode == 0, p.stderr
+    assert "usage: minilm" in p.stdout
+    if command:
+        assert "example" in p.stdout or "benchmarks:" in p.stdout
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    p = minilm("train", "--preset", "tiny", "--steps", "20", "--eval-interval", "10",
+               "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "perplexity" in p.stdout and "sample:" in p.stdout
+    return out
+
+
+def test_train_writes_the_run_folder(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"checkpoint.npz", "config.json", "tokenizer.json", "log.jsonl", "loss.png"} <= names
+
+
+def test_generate_same_text_from_either_twin(run_dir):
+    args = ["generate", "--checkpoint", str(run_dir), "--prompt", "The ", "--max-new-tokens", "30",
+            "--seed", "7"]
+    a = minilm(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.startswith("The ") and len(a.stdout) > 20
+    b = minilm(*args, "--impl", "torch")
+    assert b.returncode == 0, b.stderr
+    assert b.stdout == a.stdout
+    c = minilm(*args, "--num-samples", "2", "--temperature", "0")
+    assert c.returncode == 0 and c.stdout.count("The ") >= 2
+
+
+def test_eval_prints_loss_perplexity_bits_per_char(run_dir):
+    p = minilm("eval", "--checkpoint", str(run_dir), "--eval-iters", "3")
+    assert p.returncode == 0, p.stderr
+    for word in ("val loss", "perplexity", "bits per char"):
+        assert word in p.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
+    assert_user_error(minilm("train", "--steps", "many"), 2, "--steps")
+    assert_user_error(minilm("train", "--preset", "nope", "--steps", "1"), 1, "unknown preset")
+    assert_user_error(minilm("train", "--preset", "tiny", "--steps", "0", "--out", str(tmp_path / "r")),
+                      1, "steps")
+    assert_user_error(minilm("train", "--preset", "tiny", "--corpus", str(tmp_path / "no.txt"),
+                             "--out", str(tmp_path / "r")), 1, "no.txt")
+    assert_user_error(minilm("bench", "nosuch"), 2, "nosuch")
+    assert_user_error(minilm("eval", "--checkpoint", str(tmp_path / "missing")), 1, "missing")
+    bad = tmp_path / "checkpoint.npz"
+    bad.write_bytes(b"not a zip file")
+    assert_user_error(minilm("generate", "--checkpoint", str(bad)), 1, "checkpoint.npz")
+    assert_user_error(minilm("generate", "--checkpoint", str(run_dir), "--top-p", "2"), 2, "--top-p")
+    assert_user_error(minilm("train", "--resume", "--out", str(tmp_path / "empty")), 1, "empty")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minilm", "train", "--preset", "tiny", "--steps", "100000",
+         "--eval-interval", "5", "--sample-tokens", "0", "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        deadline = time.time() + 90
+        while not (out / "checkpoint.npz").exists():  # training is under way
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "checkpoint saved to" in err and "--resume" in err
+    from minilm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out).step >= 5
+
+
+def test_bench_dispatches_to_the_benchmark_scripts():
+    p = minilm("bench", "quality", "--help")
+    assert p.returncode == 0, p.stderr
+    assert "usage" in p.stdout.lower()
