@@ -153,19 +153,25 @@ def test_rows_with_nothing_to_attend_give_zeros_and_minus_inf_without_nan(rng):
     assert torch.all(tlse == -math.inf)
 
 
-def test_masked_rows_inside_the_online_update_are_safe():
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_masked_rows_inside_the_online_update_are_safe(impl):
     """A row whose first key tile is entirely -inf must not turn NaN (exp(-inf - -inf)).
 
     Causal top-left masking never empties a whole tile for a row (key 0 is always seen
-    first), so this drives the same update with a key tile of -inf scores instead: scale 1
-    and q = k = rows whose dot product is -inf for the first tile only.
+    first), so this drives the same update with a first key tile that scores -inf instead:
+    L = D = 1, scale 1, keys [-inf, 2], values [5, 7], block_k = 1. Only the second key
+    counts, so out = 7 and lse = log(exp(2)) = 2.
     """
-    q = np.array([[[1.0]]])  # L = 1, D = 1
-    k = np.array([[[-np.inf], [2.0]]])  # first key tile (block_k = 1) scores -inf
+    q = np.array([[[1.0]]])
+    k = np.array([[[-np.inf], [2.0]]])
     v = np.array([[[5.0], [7.0]]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out, lse = flash_attention(q, k, v, scale=1.0, block_k=1)
+        if impl == "numpy":
+            out, lse = flash_attention(q, k, v, scale=1.0, block_k=1)
+        else:
+            out, lse = torch_flash_attention(*(torch.from_numpy(x) for x in (q, k, v)),
+                                             scale=1.0, block_k=1)
     assert_close(out, np.array([[[7.0]]]), name="out")
     assert_close(lse, np.array([[2.0]]), name="lse")
 
@@ -189,16 +195,23 @@ def test_backward_matches_torch_autograd(rng, batch, L, S, D, Dv, is_causal, blo
         assert_close(got, want, atol=1e-11, rtol=1e-9, name=name)
 
 
-def test_backward_broadcast_batch_dims_sums_gradients(rng):
-    q, k, v = make_qkv(rng, (2, 4), 9, 11, 5, batch_k=(2, 1))
+@pytest.mark.parametrize("batch_q,batch_k", [((2, 4), (2, 1)), ((1, 4), (2, 4)), ((4,), (2, 1, 1))])
+def test_backward_broadcast_batch_dims_sums_gradients(rng, batch_q, batch_k):
+    """Gradients of broadcast batch dims are summed back to each input's own shape."""
+    q, k, v = make_qkv(rng, batch_q, 9, 11, 5, batch_k=batch_k)
     out, lse = flash_attention(q, k, v, is_causal=True, block_q=4, block_k=3)
     dout = rng.standard_normal(out.shape)
     dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, is_causal=True,
                                           block_q=4, block_k=3)
     ref = reference_grads(q, k, v, dout, is_causal=True)
-    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    torch_flash_attention(tq, tk, tv, is_causal=True, block_q=4, block_k=3)[0].backward(
+        torch.from_numpy(dout))
+    for name, got, want, twin in zip(("dq", "dk", "dv"), (dq, dk, dv), ref,
+                                     (tq.grad, tk.grad, tv.grad)):
         assert got.shape == want.shape
         assert_close(got, want, **TOL, name=name)
+        assert_close(twin, want, **TOL, name=f"{name} torch twin")
 
 
 @pytest.mark.parametrize("is_causal,L,S", [(False, 4, 5), (True, 5, 5), (True, 5, 3)])
