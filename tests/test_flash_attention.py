@@ -9,6 +9,7 @@ max and sum, and the memory claim (no ``(L, S)`` matrix) with ``tracemalloc``.
 
 from __future__ import annotations
 
+import importlib
 import math
 import subprocess
 import sys
@@ -151,6 +152,14 @@ def test_rows_with_nothing_to_attend_give_zeros_and_minus_inf_without_nan(rng):
     tout, tlse = torch_flash_attention(*(torch.from_numpy(x) for x in (q, k, v)), block_q=2)
     assert tuple(tout.shape) == (2, 5, 3) and torch.all(tout == 0)
     assert torch.all(tlse == -math.inf)
+
+
+def test_empty_query_length_gives_empty_outputs_and_zero_key_grads(rng):
+    q, k, v = make_qkv(rng, (2,), 0, 3, 4, 5)
+    out, lse = flash_attention(q, k, v, is_causal=True)
+    assert out.shape == (2, 0, 5) and lse.shape == (2, 0)
+    dq, dk, dv = flash_attention_backward(out, q, k, v, out, lse, is_causal=True)
+    assert dq.shape == (2, 0, 4) and np.all(dk == 0) and np.all(dv == 0) and dv.shape == (2, 3, 5)
 
 
 @pytest.mark.parametrize("impl", ["numpy", "torch"])
@@ -427,22 +436,28 @@ def test_agrees_with_numpy_scaled_dot_product_attention(rng):
 
 
 def test_package_exports_resolve():
-    """``from minilm.numpy import flash_attention`` (and torch's) give these functions.
+    """``from minilm.numpy import flash_attention`` gives the function; torch's table agrees.
 
-    Run in a fresh interpreter: the function and its module share a name, and this file has
-    already imported the module ``minilm.numpy.flash_attention``, which sets that package
-    attribute to the module.
+    The NumPy check runs in a fresh interpreter: the function and its module share a name,
+    and this file has already imported the module ``minilm.numpy.flash_attention``, which
+    sets that package attribute to the module. The torch check reads the export table
+    without calling the package's ``__getattr__`` (which would rebind the attribute for
+    every later test in this session).
     """
     code = (
-        "import minilm.numpy as mn, minilm.torch as mt\n"
-        "from minilm.numpy.flash_attention import flash_attention as f, "
-        "flash_attention_backward as b\n"
-        "from minilm.torch.flash_attention import flash_attention as t\n"
-        "assert mn.__getattr__('flash_attention') is f\n"
-        "assert mn.__getattr__('flash_attention_backward') is b\n"
-        "assert mt.__getattr__('flash_attention') is t\n"
+        "from minilm.numpy import flash_attention, flash_attention_backward\n"
+        "import minilm.numpy.flash_attention as _\n"
+        "import sys\n"
+        "m = sys.modules['minilm.numpy.flash_attention']\n"
+        "assert flash_attention is m.flash_attention\n"
+        "assert flash_attention_backward is m.flash_attention_backward\n"
+        "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    import minilm.torch
+
+    module = importlib.import_module("minilm.torch." + minilm.torch._EXPORTS["flash_attention"])
+    assert module.flash_attention is torch_flash_attention
 
 
 # ----------------------------------------------------------------------------- bad input
