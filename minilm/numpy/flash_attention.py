@@ -32,6 +32,11 @@ Triton program per query tile):
 
 Memory grows like ``L * D`` plus one ``(BM, BN)`` tile per batch element, never ``L * S``.
 
+Causal: a key tile entirely at or below the diagonal needs no mask, only tiles crossing it
+do, and tiles wholly above it are skipped. The Triton kernel writes this as two loops (the
+unmasked tiles, then the diagonal ones); here one ``if`` per tile does the same. The kernel
+also computes in base 2 (``exp2``, ``m_i`` scaled by ``log2(e)``); this reference uses ``exp``.
+
 Backward (FlashAttention-2): nothing of size ``(L, S)`` was saved, so each tile of the
 probabilities is recomputed from the saved log-sum-exp, ``P = exp(S - lse)``. With
 ``delta_i = rowsum(dO_i * O_i)``:
