@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-merges", type=int, default=150)
     args = ap.parse_args(argv)
 
-    text = load_corpus(args.corpus)
+    try:
+        text = load_corpus(args.corpus)
+    except (ValueError, OSError) as e:
+        print(f"bench_tokenizer: {e}", file=sys.stderr)
+        return 1
     n_bytes = len(text.encode("utf-8"))
     print(f"corpus {args.corpus}: {len(text):,} characters, {n_bytes:,} UTF-8 bytes; Python {sys.version.split()[0]}")
 

@@ -299,6 +299,7 @@ def test_bad_files_raise_value_error_naming_the_file(tmp_path, bpe: BPETokenizer
     good = bpe.to_dict()
     cases = {
         "notjson.json": "{ this is not json",
+        "deep.json": "[" * 100_000,
         "list.json": [1, 2, 3],
         "format.json": {**good, "format": "something-else"},
         "version.json": {**good, "version": 99},

@@ -26,13 +26,14 @@ approximates them:
 
 Every character falls in exactly one class, so the chunks always join back to the text.
 
-Speed. Training works on the counts of the distinct chunks (tinyshakespeare has ~1.1 M
-characters but ~25 k distinct chunks), keeps the pair counts up to date after each merge by
-recounting only the chunks that contain the merged pair (an index pair -> chunks), and finds
-the most frequent pair with a heap whose stale entries are skipped. Ties between equally
-frequent pairs go to the smallest pair ``(a, b)``, so training is deterministic.
-Encoding caches the ids of each distinct chunk. ``benchmarks/bench_tokenizer.py`` times both
-and checks the merges against a naive trainer that recounts everything per merge.
+Speed. Training works on the counts of the distinct chunks (tinyshakespeare: ~1.1 M
+characters, ~300 k chunks, only ~15 k distinct ones), keeps the pair counts up to date after
+each merge by recounting only the chunks that contain the merged pair (an index pair ->
+chunks), and finds the most frequent pair with a heap whose stale entries are skipped. Ties
+between equally frequent pairs go to the smallest pair ``(a, b)``, so training is
+deterministic. Encoding caches the ids of each distinct chunk. ``benchmarks/bench_tokenizer.py``
+times both and checks the merges against a naive trainer that recounts everything per merge
+(tinyshakespeare to vocab 1000: ~2 s to train, ~2-4 MB/s to encode, on a shared 2-core box).
 
 File fields (besides the common ones in ``minilm/data/tokenizer.py``)::
 

@@ -327,6 +327,8 @@ def _read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: not valid JSON ({e}), not a tokenizer file") from None
+    except RecursionError:
+        raise ValueError(f"{p}: JSON nested too deeply, not a tokenizer file") from None
 
 
 def _check_header(d: Any, source: str) -> str:
