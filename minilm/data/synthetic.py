@@ -137,7 +137,8 @@ class MarkovSource:
         # H = - Σ_s π_s Σ_w P[s, w] log P[s, w], with 0 log 0 = 0
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # (V^k, V)
         self.entropy_rate: float = float(-(self.stationary * plogp.sum(axis=1)).sum())  # nats/token
-        self._cum = [list(np.cumsum(row)) for row in p]  # inverse-CDF tables for sampling
+        self._cdf = np.cumsum(p, axis=1)  # (V^k, V): inverse-CDF tables for sampling
+        self._cdf_rows: dict[int, list[float]] = {}  # rows as Python lists, built when first visited
 
     @property
     def entropy_rate_bits(self) -> float:
@@ -159,9 +160,12 @@ class MarkovSource:
         s = min(int(np.searchsorted(np.cumsum(self.stationary), rng.random(), side="right")), v**k - 1)
         out = [(s // v ** (k - 1 - i)) % v for i in range(k)]  # the context's base-V digits
         u = rng.random(n_tokens - k).tolist()
-        cum, mod = self._cum, v ** (k - 1)
+        rows, mod = self._cdf_rows, v ** (k - 1)
         for ut in u:
-            w = min(bisect.bisect_right(cum[s], ut), v - 1)  # first w with CDF > u
+            cdf = rows.get(s)
+            if cdf is None:
+                cdf = rows[s] = self._cdf[s].tolist()
+            w = min(bisect.bisect_right(cdf, ut), v - 1)  # first w with CDF > u
             out.append(w)
             s = (s % mod) * v + w  # drop the oldest token, append w
         return np.asarray(out[:n_tokens], dtype=np.int64)
