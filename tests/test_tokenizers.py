@@ -355,3 +355,30 @@ def test_docstring_examples():
         module = getattr(minilm.data, mod)
         result = doctest.testmod(module, optionflags=doctest.IGNORE_EXCEPTION_DETAIL)
         assert result.failed == 0 and result.attempted > 0, (mod, result)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 400) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.sampled_from(["char", "bpe"]), st.data())
+def test_any_corrupted_field_is_a_value_error(kind: str, data):
+    """Replace one field (or one merge row / one char) by arbitrary JSON: loading either
+    succeeds or raises ValueError naming the source -- never another exception."""
+    tok = CharTokenizer.train("hello world") if kind == "char" else BPETokenizer.train("hello hello world", 262)
+    d = tok.to_dict()
+    key = data.draw(st.sampled_from(sorted(d)))
+    listed = key in ("chars", "merges") and data.draw(st.booleans())
+    if listed:
+        i = data.draw(st.integers(0, len(d[key]) - 1))
+        d[key] = [*d[key][:i], data.draw(json_values), *d[key][i + 1 :]]
+    else:
+        d[key] = data.draw(json_values)
+    d = json.loads(json.dumps(d))  # exactly what a file could hold
+    try:
+        tokenizer_from_dict(d, source="fuzzed.json")
+    except ValueError as e:
+        assert "fuzzed.json" in str(e)

@@ -336,12 +336,12 @@ def _check_header(d: Any, source: str) -> str:
         raise ValueError(f"{source}: a tokenizer file holds a JSON object, got {type(d).__name__}")
     if d.get("format") != FORMAT:
         raise ValueError(f"{source}: 'format' is {d.get('format')!r}, expected {FORMAT!r}")
-    if d.get("version") != VERSION:
+    if type(d.get("version")) is not int or d.get("version") != VERSION:
         raise ValueError(
             f"{source}: tokenizer format version {d.get('version')!r}; this minilm reads version {VERSION}"
         )
     kind = d.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"{source}: unknown tokenizer kind {kind!r}; known kinds: {sorted(_KINDS)}")
     return kind
 
