@@ -99,7 +99,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     Worked example: uniform logits over V = 4 classes give loss log 4 = 1.386... whatever the
     targets.
     """
-    logits, targets = _as_float(logits), torch.as_tensor(targets, device=torch.as_tensor(logits).device)
+    logits = _as_float(logits)
+    targets = torch.as_tensor(targets, device=logits.device)
     counted = _check_targets(logits, targets, ignore_index, "cross_entropy")
     logp = log_softmax(logits, axis=-1)  # (..., V)
     safe_t = torch.where(counted, targets, 0).long()  # (...), ignored positions read class 0, then drop
