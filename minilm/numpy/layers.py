@@ -41,6 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from minilm.numpy.attention import (
+    merge_heads,
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_backward,
+    split_heads,
+)
+
 __all__ = [
     "embedding_forward",
     "embedding_backward",
@@ -246,8 +253,6 @@ def attention_forward(
     key plus the causal part of the new block (bottom-right aligned causal mask). The cache's
     ``length`` is not advanced here. Only the forward pass runs with a cache (no backward).
     """
-    from minilm.numpy.attention import merge_heads, scaled_dot_product_attention, split_heads
-
     B, T, C = x.shape
     n_rep = n_head // n_kv_head
     q, c_q = linear_forward(x, p["q_proj.weight"], p["q_proj.bias"])  # (B, T, C)
@@ -278,8 +283,6 @@ def attention_forward(
 
 def attention_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Gradients of ``attention_forward`` (without a KV cache): dy (B, T, C) -> dx (B, T, C), grads."""
-    from minilm.numpy.attention import merge_heads, scaled_dot_product_attention_backward, split_heads
-
     c_q, c_k, c_v, c_o, ctx, n_head, n_kv_head = cache
     if ctx is None:
         raise ValueError("attention_backward: the forward pass ran with a KV cache; no backward")

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minilm.torch.attention import merge_heads, scaled_dot_product_attention, split_heads
+
 __all__ = ["ATTENTION_BACKENDS", "Embedding", "Linear", "gelu", "MLP", "KVCacheLayer",
            "CausalSelfAttention", "Block"]
 
@@ -142,8 +144,6 @@ class CausalSelfAttention(nn.Module):
         if backend == "sdpa":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                   enable_gqa=n_rep > 1)  # (B, H, T, D)
-        from minilm.torch.attention import scaled_dot_product_attention
-
         # each key/value head serves n_rep consecutive query heads
         k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, D)
         v = v.repeat_interleave(n_rep, dim=1)  # (B, H, S, D)
@@ -151,11 +151,10 @@ class CausalSelfAttention(nn.Module):
         return scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCacheLayer | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        D = self.head_dim
-        q = self.q_proj(x).view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, D).transpose(1, 2)  # (B, Hkv, T, D)
+        T = x.shape[1]
+        q = split_heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
+        k = split_heads(self.k_proj(x), self.n_kv_head)  # (B, Hkv, T, D)
+        v = split_heads(self.v_proj(x), self.n_kv_head)  # (B, Hkv, T, D)
         t0 = 0
         if kv_cache is not None:
             # inference only: the cache holds detached copies
@@ -165,8 +164,7 @@ class CausalSelfAttention(nn.Module):
             k = kv_cache.k[:, :, : t0 + T]  # (B, Hkv, S, D)
             v = kv_cache.v[:, :, : t0 + T]  # (B, Hkv, S, D)
         o = self._attend(q, k, v, t0)  # (B, H, T, D)
-        o = o.transpose(1, 2).reshape(B, T, self.n_head * D)  # (B, T, C)
-        return self.o_proj(o)  # (B, T, C)
+        return self.o_proj(merge_heads(o))  # (B, T, C)
 
 
 class Block(nn.Module):
