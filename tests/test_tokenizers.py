@@ -112,6 +112,14 @@ def test_bpe_trained_on_any_text_round_trips_it(text: str):
     assert tok.decode(tok.encode(text)) == text
 
 
+@given(unicode_text, st.sampled_from([r"\w+", r"(a)(b)?", r"x*", r"\s", r"[^\W\d_]+|\d{1,3}"]))
+def test_any_split_pattern_round_trips(text: str, pattern: str):
+    """Patterns that skip text, have groups or match empty strings still lose nothing."""
+    tok = BPETokenizer.train("abc abc 123 xx" * 3, vocab_size=256 + 1, special_tokens=(), pattern=pattern)
+    assert tok.decode(tok.encode(text)) == text
+    assert BPETokenizer.from_dict(tok.to_dict()).encode(text) == tok.encode(text)
+
+
 def test_bpe_round_trips_the_builtin_corpus_and_compresses_it(bpe: BPETokenizer, builtin: str):
     ids = bpe.encode(builtin)
     assert bpe.decode(ids) == builtin
@@ -310,6 +318,8 @@ def test_bad_files_raise_value_error_naming_the_file(tmp_path, bpe: BPETokenizer
         "mismatch.json": {**good, "merges": [{"id": 256, "pair": [116, 104], "text": ["t", "x"]}, *good["merges"][1:]]},
         "specials.json": {**good, "special_tokens": {"<pad>": 0}},
         "pattern.json": {**good, "pattern": "(unclosed"},
+        "repeat.json": {**good, "merges": [{"id": 256, "pair": [1, 2], "text": ["\\x01", "\\x02"]},
+                                           {"id": 257, "pair": [1, 2], "text": ["\\x01", "\\x02"]}]},
         "charfield.json": {"format": "minilm-tokenizer", "version": 1, "kind": "char",
                            "special_tokens": {}, "chars": ["ab"]},
     }

@@ -72,6 +72,7 @@ from minilm.data.tokenizer import (
 __all__ = [
     "BPETokenizer",
     "GPT2_SPLIT_PATTERN",
+    "split_text",
     "pair_counts",
     "merge",
     "train_merges",
@@ -85,6 +86,38 @@ GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+
 
 _CACHE_MAX = 100_000  # distinct chunks whose ids encode() remembers
 _NO_MERGE = 1 << 62  # the "rank" of a pair that has no merge
+
+
+def split_text(text: str, pattern: re.Pattern[str]) -> list[str]:
+    """Cut ``text`` into the pattern's matches, keeping any text between matches as chunks too,
+    so the chunks always join back to ``text`` (whatever the pattern).
+
+    >>> split_text("hi, you", re.compile(r"\\w+"))
+    ['hi', ', ', 'you']
+    """
+    chunks: list[str] = []
+    end = 0
+    for m in pattern.finditer(text):
+        if m.start() > end:
+            chunks.append(text[end : m.start()])  # text the pattern skipped
+        if m.end() > m.start():
+            chunks.append(m.group())
+        end = max(end, m.end())
+    if end < len(text):
+        chunks.append(text[end:])
+    return chunks
+
+
+def _splitter(pattern: str):
+    """``text -> chunks`` for ``pattern``: ``findall`` for GPT-2's (it matches every
+    character), the gap-keeping ``split_text`` for any other pattern."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"split pattern {pattern!r} is not a valid regex: {e}") from None
+    if pattern == GPT2_SPLIT_PATTERN:
+        return compiled.findall
+    return lambda text: split_text(text, compiled)
 
 
 def pair_counts(ids: list[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1) -> dict[tuple[int, int], int]:
@@ -230,19 +263,19 @@ class BPETokenizer(Tokenizer):
         pattern: str = GPT2_SPLIT_PATTERN,
     ) -> None:
         self.merges: list[tuple[int, int]] = []  # merges[r] = (a, b) creates id 256 + r
+        self.ranks: dict[tuple[int, int], int] = {}  # (a, b) -> the id it creates, 256 + r
         self.vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}  # id -> token bytes
         for r, pair in enumerate(merges):
             a, b = pair
             new_id = 256 + r
             if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < new_id and 0 <= b < new_id):
                 raise ValueError(f"merge {r} joins ids {pair!r}; ids must be ints below {new_id}")
+            if (a, b) in self.ranks:
+                raise ValueError(f"merge {r} repeats the pair {pair!r} of merge {self.ranks[(a, b)] - 256}")
             self.merges.append((a, b))
+            self.ranks[(a, b)] = new_id
             self.vocab[new_id] = self.vocab[a] + self.vocab[b]
-        self.ranks: dict[tuple[int, int], int] = {p: 256 + r for r, p in enumerate(self.merges)}  # pair -> new id
-        try:
-            self._pattern = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"split pattern {pattern!r} is not a valid regex: {e}") from None
+        self._split = _splitter(pattern)  # text -> chunks
         self.pattern = pattern
         specials = check_special_tokens(special_tokens)
         super().__init__({s: len(self.vocab) + k for k, s in enumerate(specials)})
@@ -259,6 +292,9 @@ class BPETokenizer(Tokenizer):
     ) -> "BPETokenizer":
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
 
+        ``pattern`` is the pre-split regex (GPT-2's by default); any regex works, since text
+        it does not match becomes chunks of its own (``split_text``).
+
         The result has exactly ``vocab_size`` ids; ValueError if ``vocab_size`` leaves no room
         for the 256 bytes and the specials, or if ``text`` has too few distinct pairs to make
         that many merges (the message says how many it could make).
@@ -273,12 +309,8 @@ class BPETokenizer(Tokenizer):
                 f"vocab_size={vocab_size} is too small: the 256 byte tokens and "
                 f"{len(specials)} special tokens alone need {256 + len(specials)}"
             )
-        try:
-            split = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"split pattern {pattern!r} is not a valid regex: {e}") from None
         # Count the distinct chunks: merges only ever look inside one chunk.
-        chunk_counts = Counter(split.findall(text))
+        chunk_counts = Counter(_splitter(pattern)(text))
         merges = train_merges({c.encode("utf-8"): f for c, f in chunk_counts.items()}, n_merges)
         if len(merges) < n_merges:
             raise ValueError(
@@ -313,7 +345,7 @@ class BPETokenizer(Tokenizer):
     def _encode_ordinary(self, text: str) -> list[int]:
         out: list[int] = []
         cache = self._cache  # chunk -> ids: English has ~300 k chunks per MB but ~15 k distinct
-        for chunk in self._pattern.findall(text):
+        for chunk in self._split(text):
             ids = cache.get(chunk)
             if ids is None:
                 ids = self._encode_chunk(chunk.encode("utf-8"))
