@@ -30,6 +30,16 @@ tgen = importlib.import_module("minilm.torch.generate")
 TWINS = {"numpy": npgen, "torch": tgen}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tests run thousands of tiny ops, which an intra-op thread pool only slows down
+    (by 10-100x on a loaded machine, where the pool's threads wait for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------
 # Fake models: the interfaces of TransformerLM (with KV cache) and LSTMLM, tiny maths.
 # ---------------------------------------------------------------------------------------
