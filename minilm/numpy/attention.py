@@ -42,6 +42,7 @@ flash attention (see ``minilm.numpy.flash_attention``): this reference materiali
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def _check_inputs(
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     shapes = f"q {q.shape}, k {k.shape}, v {v.shape}"
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(f"{name}: q, k, v need at least 2 dims (..., L, D), (..., S, D), (..., S, Dv); got {shapes}")
+        raise ValueError(f"{name}: q, k, v need at least 2 dims (..., L, D), (..., S, D), (..., S, Dv); "
+                         f"got {shapes}")
     for x, xn in ((q, "q"), (k, "k"), (v, "v")):
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{name}: {xn} must be a float array, got dtype {x.dtype}")
@@ -97,13 +99,15 @@ def _check_inputs(
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"{name}: attn_mask shape {attn_mask.shape} does not broadcast to (..., L, S) = {full} ({shapes})")
+            raise ValueError(f"{name}: attn_mask shape {attn_mask.shape} does not broadcast to "
+                             f"(..., L, S) = {full} ({shapes})")
         if attn_mask.dtype == np.bool_:
             bool_mask = attn_mask
         elif np.issubdtype(attn_mask.dtype, np.floating):
             float_mask = attn_mask.astype(q.dtype, copy=False)
         else:
-            raise ValueError(f"{name}: attn_mask must be bool (True = may attend) or float (additive), got dtype {attn_mask.dtype}")
+            raise ValueError(f"{name}: attn_mask must be bool (True = may attend) or float (additive), "
+                             f"got dtype {attn_mask.dtype}")
     return q, k, v, bool_mask, float_mask, scale, batch
 
 
@@ -123,7 +127,8 @@ def _bias(L: int, S: int, bool_mask: np.ndarray | None, float_mask: np.ndarray |
     return np.where(allowed, base, dtype.type(-np.inf))  # (..., L, S)
 
 
-def _attention_weights(q: np.ndarray, k: np.ndarray, bias: np.ndarray | None, scale: float) -> np.ndarray:
+def _attention_weights(q: np.ndarray, k: np.ndarray, bias: np.ndarray | None,
+                       scale: float) -> np.ndarray:
     """p = softmax(scale * q k^T + bias) along S: (..., L, S), zero rows where nothing is allowed."""
     # s = scale * q k^T + bias
     s = q @ k.swapaxes(-1, -2)  # (..., L, D) @ (..., D, S) -> (..., L, S)
@@ -228,8 +233,9 @@ def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"split_heads: x must be (B, T, C), got shape {x.shape}")
-    if not (isinstance(n_head, (int, np.integer)) and n_head >= 1 and x.shape[-1] % n_head == 0):
-        raise ValueError(f"split_heads: n_head={n_head!r} must be a positive int dividing C={x.shape[-1]} (x shape {x.shape})")
+    if not (isinstance(n_head, numbers.Integral) and n_head >= 1 and x.shape[-1] % n_head == 0):
+        raise ValueError(f"split_heads: n_head={n_head!r} must be a positive int dividing C={x.shape[-1]} "
+                         f"(x shape {x.shape})")
     *lead, T, C = x.shape
     x = x.reshape(*lead, T, n_head, C // n_head)  # (B, T, H, D)
     return x.swapaxes(-2, -3)  # (B, H, T, D)

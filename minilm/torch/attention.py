@@ -34,6 +34,7 @@ flash attention (see ``minilm.torch.flash_attention``).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -53,7 +54,8 @@ def _check_inputs(
     q, k, v = torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v)
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(f"{name}: q, k, v need at least 2 dims (..., L, D), (..., S, D), (..., S, Dv); got {shapes}")
+        raise ValueError(f"{name}: q, k, v need at least 2 dims (..., L, D), (..., S, D), (..., S, Dv); "
+                         f"got {shapes}")
     for x, xn in ((q, "q"), (k, "k"), (v, "v")):
         if not x.is_floating_point():
             raise ValueError(f"{name}: {xn} must be a float tensor, got dtype {x.dtype}")
@@ -84,13 +86,15 @@ def _check_inputs(
         except RuntimeError:
             ok = False
         if not ok:
-            raise ValueError(f"{name}: attn_mask shape {tuple(attn_mask.shape)} does not broadcast to (..., L, S) = {full} ({shapes})")
+            raise ValueError(f"{name}: attn_mask shape {tuple(attn_mask.shape)} does not broadcast to "
+                             f"(..., L, S) = {full} ({shapes})")
         if attn_mask.dtype == torch.bool:
             bool_mask = attn_mask
         elif attn_mask.is_floating_point():
             float_mask = attn_mask.to(q.dtype)
         else:
-            raise ValueError(f"{name}: attn_mask must be bool (True = may attend) or float (additive), got dtype {attn_mask.dtype}")
+            raise ValueError(f"{name}: attn_mask must be bool (True = may attend) or float (additive), "
+                             f"got dtype {attn_mask.dtype}")
     return q, k, v, bool_mask, float_mask, scale, batch
 
 
@@ -107,10 +111,12 @@ def _bias(L: int, S: int, bool_mask: torch.Tensor | None, float_mask: torch.Tens
         return float_mask
     base = torch.zeros((), dtype=dtype, device=device) if float_mask is None else float_mask
     # -inf where query i may not attend to key j: exp(-inf) = 0 weight
-    return torch.where(allowed, base, torch.tensor(-math.inf, dtype=dtype, device=device))  # (..., L, S)
+    neg_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
+    return torch.where(allowed, base, neg_inf)  # (..., L, S)
 
 
-def _attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None,
+                       scale: float) -> torch.Tensor:
     """p = softmax(scale * q k^T + bias) along S: (..., L, S), zero rows where nothing is allowed."""
     # s = scale * q k^T + bias
     s = q @ k.transpose(-1, -2)  # (..., L, D) @ (..., D, S) -> (..., L, S)
@@ -163,8 +169,9 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.ndim < 2:
         raise ValueError(f"split_heads: x must be (B, T, C), got shape {tuple(x.shape)}")
-    if not (isinstance(n_head, int) and n_head >= 1 and x.shape[-1] % n_head == 0):
-        raise ValueError(f"split_heads: n_head={n_head!r} must be a positive int dividing C={x.shape[-1]} (x shape {tuple(x.shape)})")
+    if not (isinstance(n_head, numbers.Integral) and n_head >= 1 and x.shape[-1] % n_head == 0):
+        raise ValueError(f"split_heads: n_head={n_head!r} must be a positive int dividing C={x.shape[-1]} "
+                         f"(x shape {tuple(x.shape)})")
     *lead, T, C = x.shape
     x = x.reshape(*lead, T, n_head, C // n_head)  # (B, T, H, D)
     return x.transpose(-2, -3)  # (B, H, T, D)
