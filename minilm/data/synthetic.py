@@ -102,6 +102,8 @@ class MarkovSource:
         Context s = (w_{t-k}, ..., w_{t-1}) is row ``Σ_i w_{t-k+i} V^(k-1-i)`` (base-V digits,
         oldest first).
         """
+        if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
         p = np.asarray(transition, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] < 2 or p.shape[0] != p.shape[1] ** order:
             raise ValueError(f"transition must be (V^order, V) with V >= 2, got shape {p.shape} for order={order}")
@@ -126,6 +128,7 @@ class MarkovSource:
         ctx = cls._contexts(tok, vocab_size, order)  # (N - k,)
         counts = np.zeros((vocab_size**order, vocab_size))  # (V^k, V)
         np.add.at(counts, (ctx, tok[order:]), 1.0)
+        # P[s, w] = (count(s, w) + α) / (count(s) + V α)
         p = (counts + alpha) / (counts.sum(axis=1, keepdims=True) + vocab_size * alpha)
         return cls.from_transition(p, order)
 
