@@ -22,6 +22,17 @@ from minilm.numpy.lstm import (
 from minilm.testing import assert_close, check_grad, numerical_grad
 from minilm.torch.lstm import LSTMLM as TorchLSTMLM
 
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids thread-pool stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 F64 = dict(atol=1e-12, rtol=1e-9)  # float64 twins: the same arithmetic up to rounding
 
 
