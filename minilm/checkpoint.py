@@ -425,7 +425,7 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
             else:
                 from minilm.torch.lstm import LSTMLM
 
-                model = LSTMLM(config, seed=0)
+                model = LSTMLM(config, seed=0, fused=True)
             if dtype_name == "float64":
                 model = model.to(torch.float64)
             model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})

@@ -163,12 +163,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         model="transformer", impl="numpy", context_length=16, d_model=32, n_layer=2, n_head=2,
         batch_size=8, steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=5, weight_decay=0.0,
-        eval_interval=10, eval_iters=2, sample_tokens=40, corpus="builtin",
+        eval_interval=10, eval_iters=2, sample_tokens=40, corpus="builtin", threads=1,
     ),
     "tiny-lstm": dict(
         model="lstm", impl="numpy", context_length=16, d_embed=16, d_hidden=32, n_layer=1,
         batch_size=8, steps=30, lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0,
-        eval_interval=10, eval_iters=2, sample_tokens=40, corpus="builtin",
+        eval_interval=10, eval_iters=2, sample_tokens=40, corpus="builtin", threads=1,
     ),
     # `minilm train` with no arguments: about 3 minutes on two CPU cores.
     "default": dict(

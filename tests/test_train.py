@@ -87,9 +87,10 @@ def test_torch_loop_is_deterministic_given_the_seed():
 
 def test_markov_source_loss_approaches_its_entropy_rate(tmp_path):
     """A first-order Markov chain over 8 symbols: the best possible loss is its entropy rate H
-    (computed exactly by MarkovSource from the transition matrix and stationary law). A
-    Transformer with context 16 can represent the chain; after training its validation loss
-    must land within 0.1 nats of H, and not below H - 0.05 (no model beats the source)."""
+    (computed exactly by MarkovSource from the transition matrix and stationary law). A small
+    LSTM can represent the chain; after 200 steps its validation loss must land within 0.1
+    nats of H, and not below H - 0.05 (no model beats the source; the margin is the noise of
+    a ~5000-token estimate)."""
     from minilm.data import MarkovSource
 
     src = MarkovSource(vocab_size=8, order=1, concentration=0.3, seed=0)
@@ -97,9 +98,9 @@ def test_markov_source_loss_approaches_its_entropy_rate(tmp_path):
     path = tmp_path / "markov.txt"
     path.write_text(text)
     H = src.entropy_rate_bits * math.log(2)  # nats per symbol
-    args = get_preset("tiny", impl="torch", corpus=str(path), steps=300, lr=1e-2, min_lr=1e-3,
-                      eval_interval=300, eval_iters=20, batch_size=16, sample_tokens=0)
-    res = _train("torch")(args, progress=False, print_fn=lambda s: None)
+    args = get_preset("tiny-lstm", impl="numpy", corpus=str(path), steps=200, lr=1e-2, min_lr=1e-3,
+                      eval_interval=200, eval_iters=20, batch_size=16, sample_tokens=0)
+    res = _train("numpy")(args, progress=False, print_fn=lambda s: None)
     assert H - 0.05 < res.val_loss < H + 0.1, (res.val_loss, H)
 
 

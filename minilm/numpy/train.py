@@ -382,12 +382,7 @@ def sample(model: Any, data: Data, args: TrainArgs, n_tokens: int | None = None)
 
 def _lstm_loss_and_grads(model: Any, x: np.ndarray, y: np.ndarray, state: Any):
     """(loss, grads, final state) of one BPTT window starting from ``state``."""
-    out = model.loss_and_grads(x, y, state=state)
-    if len(out) == 3:
-        return out
-    loss, grads = out  # a model that does not return its final state: recompute it
-    _, new_state = model.forward(x, state=state)
-    return loss, grads, new_state
+    return model.loss_and_grads(x, y, state=state, return_state=True)
 
 
 def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = False,
@@ -480,9 +475,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     loss, grads, state = _lstm_loss_and_grads(model, x, y, state)
                 else:
                     x, y = random_batch(data.train, args.batch_size, args.context_length, rng)
-                    loss, grads = model.loss_and_grads(x, y)
-                    if isinstance(grads, tuple):  # tolerate (loss, grads, state) from an LSTM
-                        grads = grads[0]
+                    loss, grads = model.loss_and_grads(x, y)  # LSTM: each window from zero state
                 if args.grad_clip > 0:
                     # g <- g * min(1, clip / ||g||)
                     clip_grad_norm(grads, args.grad_clip)

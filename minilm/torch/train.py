@@ -167,7 +167,8 @@ def build_model(config: Any, args: TrainArgs, device: torch.device | str = "cpu"
     else:
         from minilm.torch.lstm import LSTMLM
 
-        model = LSTMLM(config, seed=args.seed)
+        # fused: torch.nn.LSTM's recurrence (same keys, same maths as the explicit loop, faster)
+        model = LSTMLM(config, seed=args.seed, fused=True)
     if args.dtype == "float64":
         # Load the NumPy init drawn in float64, not a float32 init cast up, so the weights are
         # exactly the NumPy loop's.
