@@ -1,0 +1,257 @@
+"""One training step of each NumPy model against its PyTorch twin, on the CPU.
+
+A step is what the training loops do: forward, loss, backward, gradient clipping, AdamW::
+
+    NumPy:   loss, g = model.loss_and_grads(x, y); clip_grad_norm(g, 1.0); opt.step(g)
+    PyTorch: loss = CE(model(x), y); loss.backward(); clip_grad_norm_(...); opt.step()
+
+Presets (float32, vocabulary 65 = tinyshakespeare's characters, batch 12, window 64):
+
+| model | shape | parameters |
+| --- | --- | --- |
+| transformer | 4 layers, 4 heads, C = 128, context 64, tied head | ~0.80 M |
+| lstm | 2 layers, d_embed = 128, H = 256, untied head with bias | ~0.94 M |
+
+The LSTM preset was picked to have about the Transformer's parameter count; it reads the
+window from a zero state (carrying the state, as truncated BPTT does, costs the same).
+
+The PyTorch side is timed in each of its variants: the Transformer with ``attention="sdpa"``
+(its default) and ``"naive"`` (the translation of the NumPy code), the LSTM with its explicit
+time loop (the twin, default) and ``fused=True`` (``torch.nn.LSTM``'s own kernels). The target
+-- the NumPy step at most 3x the time of the PyTorch twin's default variant -- is checked
+against the first one.
+
+Before timing anything it checks, for every variant, that the two frameworks compute the same
+loss and the same gradient norm from the same weights on the same batch. Each case gets
+``--warmup`` untimed steps, then ``--repeats`` timed ones; the median is reported, with
+throughput in tokens per second (B * T tokens per step).
+
+Threads: ``--threads`` (default 1) is applied to both sides, torch through
+``torch.set_num_threads`` and NumPy's OpenBLAS through its ``set_num_threads`` entry point
+(found with ctypes; if it cannot be found, the script says so and NumPy keeps OpenBLAS's own
+choice -- then set ``OPENBLAS_NUM_THREADS`` before starting).
+
+Run from the repository root::
+
+    python benchmarks/bench_train_step.py
+    python benchmarks/bench_train_step.py --models lstm --repeats 20 --threads 2
+    minilm bench train-step -- --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import os
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+TARGET_RATIO = 3.0  # NumPy step time / PyTorch twin step time must be at most this
+VOCAB, BATCH, WINDOW = 65, 12, 64
+GRAD_CLIP, LR = 1.0, 1e-3
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench_train_step.py",
+        description="Time one training step (forward, backward, clip, AdamW) of each NumPy "
+                    "model against its PyTorch twin on the CPU.")
+    p.add_argument("--models", default="transformer,lstm", help="comma list of transformer, lstm")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per case (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for torch and for NumPy's BLAS (default 1)")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"batch B (default {BATCH})")
+    p.add_argument("--window", type=int, default=WINDOW, help=f"tokens per row T (default {WINDOW})")
+    p.add_argument("--seed", type=int, default=0, help="weights and batch seed")
+    ns = p.parse_args(argv)
+    models = [m.strip() for m in ns.models.split(",") if m.strip()]
+    bad = sorted(set(models) - {"transformer", "lstm"})
+    if bad or not models:
+        p.error(f"--models must list transformer and/or lstm, got {ns.models!r}")
+    ns.models = models
+    for name in ("repeats", "threads", "batch", "window"):
+        if getattr(ns, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(ns, name)}")
+    if ns.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {ns.warmup}")
+    return ns
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count in this process (NumPy's BLAS); False if not found."""
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: dlopen returns the same library
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn(ctypes.c_int(n))
+                return True
+    return False
+
+
+def _configs(kind: str, window: int):
+    from minilm.config import LSTMConfig, TransformerConfig
+
+    if kind == "transformer":
+        return TransformerConfig(vocab_size=VOCAB, context_length=window, d_model=128, n_layer=4,
+                                 n_head=4)
+    return LSTMConfig(vocab_size=VOCAB, d_embed=128, d_hidden=256, n_layer=2)
+
+
+def _decay_groups(params: dict) -> tuple[list[str], list[str]]:
+    """nanoGPT's split: weight decay on matrices (>= 2-D), none on vectors."""
+    decay = [k for k, v in params.items() if v.ndim >= 2]
+    return decay, [k for k in params if k not in decay]
+
+
+def numpy_step(kind: str, cfg, seed: int) -> tuple[Callable, Callable, object]:
+    """(step(x, y) -> loss, loss_and_norm(x, y) without updating, model)."""
+    from minilm.numpy.optim import AdamW, clip_grad_norm
+
+    if kind == "transformer":
+        from minilm.numpy.transformer import TransformerLM as Model
+    else:
+        from minilm.numpy.lstm import LSTMLM as Model
+    model = Model(cfg, seed=seed, dtype=np.float32)
+    decay, no_decay = _decay_groups(model.params)
+    opt = AdamW([{"params": {k: model.params[k] for k in decay}, "weight_decay": 0.1},
+                 {"params": {k: model.params[k] for k in no_decay}, "weight_decay": 0.0}], lr=LR)
+
+    def loss_and_grads(x, y):
+        out = model.loss_and_grads(x, y)
+        return out[0], out[1]
+
+    def step(x, y):
+        loss, grads = loss_and_grads(x, y)
+        # g <- g * min(1, clip / ||g||)
+        clip_grad_norm(grads, GRAD_CLIP)
+        opt.step(grads)
+        return loss
+
+    def loss_and_norm(x, y):
+        loss, grads = loss_and_grads(x, y)
+        return loss, float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+
+    return step, loss_and_norm, model
+
+
+def torch_step(kind: str, cfg, seed: int, variant: str) -> tuple[Callable, Callable, object]:
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "transformer":
+        from minilm.torch.transformer import TransformerLM
+
+        model = TransformerLM(cfg, seed=seed, attention=variant)
+        forward = model
+    else:
+        from minilm.torch.lstm import LSTMLM
+
+        model = LSTMLM(cfg, seed=seed, fused=(variant == "fused"))
+
+        def forward(x):
+            return model(x)[0]
+    params = dict(model.named_parameters())
+    decay, no_decay = _decay_groups(params)
+    opt = torch.optim.AdamW([{"params": [params[k] for k in decay], "weight_decay": 0.1},
+                             {"params": [params[k] for k in no_decay], "weight_decay": 0.0}], lr=LR)
+
+    def loss_of(x, y):
+        logits = forward(x)  # (B, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def step(x, y):
+        loss = loss_of(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        return loss.item()
+
+    def loss_and_norm(x, y):
+        model.zero_grad(set_to_none=True)
+        loss = loss_of(x, y)
+        loss.backward()
+        norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())))
+        model.zero_grad(set_to_none=True)
+        return loss.item(), norm
+
+    return step, loss_and_norm, model
+
+
+def _time(step: Callable, batches: list, warmup: int, repeats: int) -> list[float]:
+    for i in range(warmup):
+        step(*batches[i % len(batches)])
+    times = []
+    for i in range(repeats):
+        x, y = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        step(x, y)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parse(argv)
+    import torch
+
+    torch.set_num_threads(ns.threads)
+    blas = set_blas_threads(ns.threads)
+    print(f"threads: torch {torch.get_num_threads()}, NumPy OpenBLAS "
+          f"{ns.threads if blas else 'unchanged (set OPENBLAS_NUM_THREADS)'}; float32, CPU; "
+          f"B={ns.batch}, T={ns.window}, V={VOCAB}; median of {ns.repeats} after {ns.warmup} warm-up")
+    rng = np.random.default_rng(ns.seed)
+    n_batches = 4
+    tokens = rng.integers(0, VOCAB, size=(n_batches, ns.batch, ns.window + 1))
+    np_batches = [(t[:, :-1], t[:, 1:]) for t in tokens]  # (B, T) each
+    t_batches = [(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y in np_batches]
+    status = 0
+    for kind in ns.models:
+        cfg = _configs(kind, ns.window)
+        variants = ["sdpa", "naive"] if kind == "transformer" else ["loop", "fused"]
+        np_step, np_check, np_model = numpy_step(kind, cfg, ns.seed)
+        n_params = np_model.num_params()
+        print(f"\n{kind}: {cfg}\n  {n_params / 1e6:.2f} M parameters")
+        # --- the two frameworks agree before anything is timed ---
+        x, y = np_batches[0]
+        ref_loss, ref_norm = np_check(x, y)
+        torch_steps = {}
+        for variant in variants:
+            t_step, t_check, _ = torch_step(kind, cfg, ns.seed, variant)
+            loss, norm = t_check(*t_batches[0])
+            ok = abs(loss - ref_loss) <= 1e-4 * abs(ref_loss) and abs(norm - ref_norm) <= 1e-3 * ref_norm
+            print(f"  check torch[{variant}] vs numpy: loss {loss:.6f} vs {ref_loss:.6f}, "
+                  f"grad norm {norm:.6f} vs {ref_norm:.6f}: {'ok' if ok else 'MISMATCH'}")
+            if not ok:
+                status = 1
+            torch_steps[variant] = t_step
+        if status:
+            print("  the twins disagree: not timing")
+            continue
+        # --- timing ---
+        tok = ns.batch * ns.window
+        t_np = statistics.median(_time(np_step, np_batches, ns.warmup, ns.repeats))
+        print(f"  numpy          {t_np * 1e3:8.2f} ms/step  {tok / t_np:9.0f} tokens/s")
+        for i, (variant, t_step) in enumerate(torch_steps.items()):
+            t_t = statistics.median(_time(t_step, t_batches, ns.warmup, ns.repeats))
+            ratio = t_np / t_t
+            verdict = ""
+            if i == 0:
+                verdict = f"  target <= {TARGET_RATIO:g}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+            print(f"  torch[{variant:<5}]   {t_t * 1e3:8.2f} ms/step  {tok / t_t:9.0f} tokens/s   "
+                  f"numpy/torch = {ratio:5.2f}x{verdict}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
