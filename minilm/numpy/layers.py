@@ -169,10 +169,17 @@ _GELU_A = 0.044715
 
 def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, Any]:
     """y = x/2 * (1 + tanh(u)),  u = sqrt(2/pi) * (x + 0.044715 x^3); any shape."""
-    # u = sqrt(2/pi) * (x + 0.044715 x^3)
-    t = np.tanh(_GELU_K * (x + _GELU_A * x * x * x))
+    # u = sqrt(2/pi) * (x + 0.044715 x^3) = sqrt(2/pi) * x * (1 + 0.044715 x^2)   (in place)
+    t = x * x
+    t *= _GELU_A
+    t += 1.0
+    t *= x
+    t *= _GELU_K
+    np.tanh(t, out=t)  # t = tanh(u)
     # y = x/2 * (1 + tanh(u))
-    y = 0.5 * x * (1.0 + t)
+    y = t + 1.0
+    y *= x
+    y *= 0.5
     return y, (x, t)
 
 
