@@ -23,7 +23,8 @@ against the first one.
 
 Before timing anything it checks, for every variant, that the two frameworks compute the same
 loss and the same gradient norm from the same weights on the same batch. Each case gets
-``--warmup`` untimed steps, then ``--repeats`` timed ones; the median is reported, with
+``--warmup`` untimed steps, then ``--repeats`` timed ones, the cases of a model taking turns
+step by step (so a machine whose load drifts treats them alike); the median is reported, with
 throughput in tokens per second (B * T tokens per step).
 
 Threads: ``--threads`` (default 1) is applied to both sides, torch through
@@ -189,15 +190,23 @@ def torch_step(kind: str, cfg, seed: int, variant: str) -> tuple[Callable, Calla
     return step, loss_and_norm, model
 
 
-def _time(step: Callable, batches: list, warmup: int, repeats: int) -> list[float]:
+def _time_interleaved(steps: dict[str, tuple[Callable, list]], warmup: int, repeats: int
+                      ) -> dict[str, list[float]]:
+    """Per-step times of every case, the cases taking turns step by step.
+
+    Interleaving makes the ratios robust to a machine whose load drifts during the run (the
+    cases see the same conditions); each case keeps its own model and optimiser state.
+    """
     for i in range(warmup):
-        step(*batches[i % len(batches)])
-    times = []
+        for step, batches in steps.values():
+            step(*batches[i % len(batches)])
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(repeats):
-        x, y = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        step(x, y)
-        times.append(time.perf_counter() - t0)
+        for name, (step, batches) in steps.items():
+            x, y = batches[i % len(batches)]
+            t0 = time.perf_counter()
+            step(x, y)
+            times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -240,15 +249,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # --- timing ---
         tok = ns.batch * ns.window
-        t_np = statistics.median(_time(np_step, np_batches, ns.warmup, ns.repeats))
+        cases = {"numpy": (np_step, np_batches)}
+        cases.update({f"torch[{v}]": (st, t_batches) for v, st in torch_steps.items()})
+        times = {name: statistics.median(ts)
+                 for name, ts in _time_interleaved(cases, ns.warmup, ns.repeats).items()}
+        t_np = times.pop("numpy")
         print(f"  numpy          {t_np * 1e3:8.2f} ms/step  {tok / t_np:9.0f} tokens/s")
-        for i, (variant, t_step) in enumerate(torch_steps.items()):
-            t_t = statistics.median(_time(t_step, t_batches, ns.warmup, ns.repeats))
+        for i, (name, t_t) in enumerate(times.items()):
             ratio = t_np / t_t
             verdict = ""
             if i == 0:
                 verdict = f"  target <= {TARGET_RATIO:g}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
-            print(f"  torch[{variant:<5}]   {t_t * 1e3:8.2f} ms/step  {tok / t_t:9.0f} tokens/s   "
+            print(f"  {name:<13}  {t_t * 1e3:8.2f} ms/step  {tok / t_t:9.0f} tokens/s   "
                   f"numpy/torch = {ratio:5.2f}x{verdict}")
     return status
 

@@ -124,3 +124,20 @@ def test_numpy_and_torch_train_the_same(kind):
     _, fresh = _models(kind)
     moved = max(float((p.detach() - fresh.state_dict()[k]).abs().max()) for k, p in tp.items())
     assert moved > 1e-2
+
+
+def test_train_step_benchmark_checks_and_runs(capsys):
+    """The benchmark script's own twin check passes and it reports a ratio (tiny run)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--repeats", "1", "--warmup", "0", "--batch", "2", "--window", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": ok") == 4 and "MISMATCH" not in out
+    assert out.count("numpy/torch =") == 4
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "rnn"])
