@@ -159,7 +159,8 @@ def lstm_cell_forward(x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, W_i
 
 
 def lstm_cell_backward(dh: np.ndarray, dc: np.ndarray, cache: Any) -> tuple[np.ndarray, ...]:
-    """Gradients of ``lstm_cell_forward`` from dh = dL/dh_t and dc = dL/dc_t (B, H) each.
+    """Gradients of ``lstm_cell_forward`` from dh = dL/dh_t and dc = dL/dc_t (B, H) each,
+    dc counting only what reaches c_t other than through h_t (e.g. from the next step).
 
     Returns (dx (B, C_in), dh_prev (B, H), dc_prev (B, H), dW_ih, dW_hh, db_ih, db_hh).
     """
@@ -470,7 +471,9 @@ class LSTMLM:
         return targets
 
     def loss_and_grads(self, idx: Any, targets: Any, state: Any = None, ignore_index: int = -100,
-                       return_state: bool = False):
+                       return_state: bool = False
+                       ) -> tuple[float, dict[str, np.ndarray]] | tuple[
+                           float, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Mean cross-entropy of logits(idx, state) against targets (B, T), and its gradient.
 
         Returns ``(loss, grads)``, or ``(loss, grads, new_state)`` with ``return_state=True``
