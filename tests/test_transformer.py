@@ -201,6 +201,10 @@ def test_load_state_dict_keeps_live_arrays_and_dtype(rng):
     m.load_state_dict(src)
     assert m.params["blocks.1.mlp.fc.weight"] is live and live.dtype == np.float32
     assert np.array_equal(live, src["blocks.1.mlp.fc.weight"].astype(np.float32))
+    # half-precision tensors load too (widened exactly, then rounded to the model's dtype)
+    half = {k: torch.as_tensor(v).to(torch.bfloat16) for k, v in src.items()}
+    m.load_state_dict(half)
+    assert np.array_equal(live, half["blocks.1.mlp.fc.weight"].float().numpy())
     # state_dict() returns copies
     m.state_dict()["ln_f.weight"][:] = 5.0
     assert (m.params["ln_f.weight"] == 1.0).all()

@@ -202,7 +202,10 @@ class TransformerLM:
                 continue
             v = state_dict[k]
             if hasattr(v, "detach"):  # a torch.Tensor, without importing torch
-                v = v.detach().cpu().numpy()
+                v = v.detach().cpu()
+                if v.is_floating_point() and v.element_size() < 4:
+                    v = v.float()  # float16 / bfloat16 have no NumPy twin; widening is exact
+                v = v.numpy()
             v = np.asarray(v)
             if v.shape != expected[k].shape:
                 bad_shapes.append(f"{k}: expected {expected[k].shape}, got {v.shape}")
