@@ -68,7 +68,6 @@ MIN_HEAD_DIM = 8
 MAX_HEAD_DIM = 128
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) * ln(2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,10 +85,11 @@ def _attn_fwd_inner(
     stride_vs, stride_vd,  # strides of v along S and D
     offs_m,  # (BLOCK_M,) query indices of this tile
     offs_d,  # (BLOCK_D,) head-dim indices
-    S, D,  # key length, head dim
+    S,  # key length
     qk_scale,  # scale * log2(e)
     lo, hi,  # key range [lo, hi) this call covers, lo a multiple of BLOCK_N
     MASK: tl.constexpr,  # apply the key-tail and causal masks to the scores
+    HEAD_DIM: tl.constexpr,  # D, the head dim
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
     BLOCK_N: tl.constexpr,  # keys per tile
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
@@ -97,7 +97,7 @@ def _attn_fwd_inner(
 ):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-        kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)  # (BLOCK_N, BLOCK_D)
+        kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_N, BLOCK_D)
         k_tile = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
         v_tile = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
         if UPCAST:
@@ -141,11 +141,11 @@ def _attn_fwd(
     GROUP,  # H // Hkv: query heads sharing one key/value head
     L,  # query length
     S,  # key length
-    D,  # head dim (<= BLOCK_D)
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i (needs L == S)
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per inner-loop step
+    HEAD_DIM: tl.constexpr,  # D, the head dim (a constexpr: masks on it keep loads vectorised)
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs, "tf32" otherwise
@@ -158,7 +158,7 @@ def _attn_fwd(
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < D)  # (BLOCK_M, BLOCK_D)
+    q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_M, BLOCK_D)
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd
     q_tile = tl.load(q_ptrs, mask=q_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
     if UPCAST:
@@ -181,13 +181,13 @@ def _attn_fwd(
         n_full = (S // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q_tile, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
-        offs_m, offs_d, S, D, qk_scale, 0, n_full,
-        MASK=False, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        offs_m, offs_d, S, qk_scale, 0, n_full,
+        MASK=False, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q_tile, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
-        offs_m, offs_d, S, D, qk_scale, n_full, n_end,
-        MASK=True, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        offs_m, offs_d, S, qk_scale, n_full, n_end,
+        MASK=True, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
 
     # out = acc / l_i
@@ -213,8 +213,8 @@ def _attn_bwd_preprocess(
     stride_dob, stride_doh, stride_dol, stride_dod,  # strides of dout
     H,  # query heads
     L,  # query length
-    D,  # head dim
     BLOCK_M: tl.constexpr,  # rows per program
+    HEAD_DIM: tl.constexpr,  # D, the head dim (a constexpr: masks on it keep loads vectorised)
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16
 ):
     start_m = tl.program_id(0)
@@ -222,7 +222,7 @@ def _attn_bwd_preprocess(
     b = tl.program_id(2).to(tl.int64)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    mask = (offs_m[:, None] < L) & (offs_d[None, :] < D)  # (BLOCK_M, BLOCK_D)
+    mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_M, BLOCK_D)
     o_tile = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
                      mask=mask, other=0.0).to(tl.float32)
     do_tile = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod,
@@ -242,17 +242,18 @@ def _attn_bwd_dkdv_inner(
     stride_dol, stride_dod,  # strides of dout along L and D
     offs_n,  # (BLOCK_N,) key indices of this tile
     offs_d,  # (BLOCK_D,) head-dim indices
-    L, D,  # query length, head dim
+    L,  # query length
     qk_scale,  # scale * log2(e)
     lo, hi,  # query range [lo, hi), lo a multiple of BLOCK_M
     MASK: tl.constexpr,  # apply the causal mask (the diagonal tiles)
+    HEAD_DIM: tl.constexpr,  # D, the head dim
     BLOCK_M: tl.constexpr,  # queries per step
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
 ):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-        q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < D)  # (BLOCK_M, BLOCK_D)
+        q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_M, BLOCK_D)
         q_tile = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
         do_tile = tl.load(do_base + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
         if UPCAST:
@@ -261,19 +262,21 @@ def _attn_bwd_dkdv_inner(
         # rows past L get lse = +inf, so their p is exactly 0 (their q and dout are 0 too)
         lse2 = tl.load(lse_base + offs_m, mask=offs_m < L, other=float("inf")) * 1.4426950408889634  # (BLOCK_M,)
         delta = tl.load(delta_base + offs_m, mask=offs_m < L, other=0.0)  # (BLOCK_M,)
-        # p = exp(s - lse), recomputed in base 2
-        s = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
+        # Transposed tiles, (BLOCK_N, BLOCK_M): this program's keys are the rows, so p^T and
+        # ds^T come out of tl.dot already laid out as the left operand of the next dot.
+        # p^T = exp(s^T - lse), recomputed in base 2
+        s_t = tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t - lse2[None, :])  # (BLOCK_N, BLOCK_M)
         if MASK:
-            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+            p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
         # dv += p^T @ dout
-        dv = tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
-        # dp = dout @ v^T
-        dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        dv = tl.dot(p_t.to(do_tile.dtype), do_tile, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        # dp^T = v @ dout^T
+        dp_t = tl.dot(v_tile, tl.trans(do_tile), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         # ds = p * (dp - delta)  (softmax backward; the scale is applied once at the end)
-        ds = p * (dp - delta[:, None])  # (BLOCK_M, BLOCK_N)
+        ds_t = p_t * (dp_t - delta[None, :])  # (BLOCK_N, BLOCK_M)
         # dk += ds^T @ q
-        dk = tl.dot(tl.trans(ds.to(q_tile.dtype)), q_tile, dk, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        dk = tl.dot(ds_t.to(q_tile.dtype), q_tile, dk, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
     return dk, dv
 
 
@@ -294,12 +297,12 @@ def _attn_bwd_dkdv(
     GROUP,  # H // Hkv
     L,  # query length
     S,  # key length
-    D,  # head dim
     sm_scale,  # scale
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
     BLOCK_M: tl.constexpr,  # queries per inner-loop step
     BLOCK_N: tl.constexpr,  # keys per program
+    HEAD_DIM: tl.constexpr,  # D, the head dim (a constexpr: masks on it keep loads vectorised)
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
@@ -310,7 +313,7 @@ def _attn_bwd_dkdv(
 
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)  # (BLOCK_N, BLOCK_D)
+    kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_N, BLOCK_D)
     k_tile = tl.load(K + b * stride_kb + h_kv * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd,
                      mask=kv_mask, other=0.0)
     v_tile = tl.load(V + b * stride_vb + h_kv * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd,
@@ -339,13 +342,13 @@ def _attn_bwd_dkdv(
         delta_base = DELTA + (b * H + h) * L
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base,
-            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, D, qk_scale, m_lo, m_full,
-            MASK=True, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, qk_scale, m_lo, m_full,
+            MASK=True, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
         )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base,
-            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, D, qk_scale, tl.maximum(m_lo, m_full), L,
-            MASK=False, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, qk_scale, tl.maximum(m_lo, m_full), L,
+            MASK=False, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
         )
     # dk = scale * sum ds^T q  (the chain rule through s = scale * q k^T)
     dk = dk * sm_scale
@@ -365,17 +368,18 @@ def _attn_bwd_dq_inner(
     stride_vs, stride_vd,  # strides of v along S and D
     offs_m,  # (BLOCK_M,) query indices of this tile
     offs_d,  # (BLOCK_D,) head-dim indices
-    S, D,  # key length, head dim
+    S,  # key length
     qk_scale,  # scale * log2(e)
     lo, hi,  # key range [lo, hi), lo a multiple of BLOCK_N
     MASK: tl.constexpr,  # apply the causal mask (the diagonal tiles)
+    HEAD_DIM: tl.constexpr,  # D, the head dim
     BLOCK_N: tl.constexpr,  # keys per step
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
 ):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-        kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)  # (BLOCK_N, BLOCK_D)
+        kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_N, BLOCK_D)
         k_tile = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
         v_tile = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
         if UPCAST:
@@ -411,12 +415,12 @@ def _attn_bwd_dq(
     GROUP,  # H // Hkv
     L,  # query length
     S,  # key length
-    D,  # head dim
     sm_scale,  # scale
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per inner-loop step
+    HEAD_DIM: tl.constexpr,  # D, the head dim (a constexpr: masks on it keep loads vectorised)
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
@@ -429,7 +433,7 @@ def _attn_bwd_dq(
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < D)  # (BLOCK_M, BLOCK_D)
+    q_mask = (offs_m[:, None] < L) & (offs_d[None, :] < HEAD_DIM)  # (BLOCK_M, BLOCK_D)
     q_tile = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd,
                      mask=q_mask, other=0.0)
     do_tile = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dol + offs_d[None, :] * stride_dod,
@@ -453,13 +457,13 @@ def _attn_bwd_dq(
         n_full = S
     dq = _attn_bwd_dq_inner(
         dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
-        offs_m, offs_d, S, D, qk_scale, 0, n_full,
-        MASK=False, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        offs_m, offs_d, S, qk_scale, 0, n_full,
+        MASK=False, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
     dq = _attn_bwd_dq_inner(
         dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
-        offs_m, offs_d, S, D, qk_scale, n_full, n_end,
-        MASK=True, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        offs_m, offs_d, S, qk_scale, n_full, n_end,
+        MASK=True, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
     # dq = scale * sum ds k
     dq = dq * sm_scale
@@ -474,38 +478,58 @@ def _attn_bwd_dq(
 # GPU configs (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, per dtype family
 # ("16bit" = float16/bfloat16 on the tensor cores, "fp32" = IEEE float32 FMA dots) and per
 # BLOCK_D (head dim padded to a power of two). triton.autotune times the candidates of a
-# shape once and keeps the fastest; `python -m minilm.kernels.compile` compiles every one of
-# them for sm_80 and sm_90 and fails on register spills.
+# shape once and keeps the fastest. GPU_CONFIGS_SM90 replaces entries on Hopper (and newer),
+# where the wgmma register layouts change what fits. `python -m minilm.kernels.compile`
+# compiles every candidate for sm_80 and sm_90 and fails on register spills: these lists are
+# the ones that compile spill-free.
 GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "fwd": {
-        ("16bit", 16): [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-        ("16bit", 32): [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-        ("16bit", 64): [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-        ("16bit", 128): [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)],
-        ("fp32", 16): [(64, 32, 4, 2), (32, 32, 4, 2)],
-        ("fp32", 32): [(64, 32, 4, 2), (32, 32, 4, 2)],
-        ("fp32", 64): [(64, 32, 4, 2), (32, 32, 4, 2)],
+        ("16bit", 16): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+        ("16bit", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+        ("16bit", 64): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+        ("16bit", 128): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        ("fp32", 16): [(32, 32, 4, 2)],
+        ("fp32", 32): [(32, 32, 4, 2)],
+        ("fp32", 64): [(32, 32, 4, 2)],
         ("fp32", 128): [(32, 32, 4, 2), (64, 32, 8, 2)],
     },
     "dkdv": {
-        ("16bit", 16): [(32, 128, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 32): [(32, 128, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 64): [(32, 128, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 128): [(32, 64, 4, 3), (64, 64, 8, 2)],
-        ("fp32", 16): [(32, 32, 4, 2)],
-        ("fp32", 32): [(32, 32, 4, 2)],
-        ("fp32", 64): [(32, 32, 4, 2)],
-        ("fp32", 128): [(16, 32, 4, 2), (32, 32, 8, 2)],
+        ("16bit", 16): [(32, 128, 8, 3), (32, 64, 4, 3)],
+        ("16bit", 32): [(32, 128, 8, 3), (32, 64, 4, 3)],
+        ("16bit", 64): [(32, 128, 8, 3), (32, 64, 4, 3)],
+        ("16bit", 128): [(64, 64, 8, 2)],
+        ("fp32", 16): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("fp32", 32): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("fp32", 64): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("fp32", 128): [(32, 32, 8, 2), (16, 32, 4, 2)],
     },
     "dq": {
-        ("16bit", 16): [(128, 32, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 32): [(128, 32, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 64): [(128, 32, 4, 3), (64, 64, 4, 3)],
-        ("16bit", 128): [(64, 32, 4, 3), (128, 32, 8, 2)],
+        ("16bit", 16): [(64, 64, 4, 3), (128, 64, 8, 3)],
+        ("16bit", 32): [(64, 64, 4, 3), (128, 64, 8, 3)],
+        ("16bit", 64): [(64, 64, 4, 3), (128, 64, 8, 3)],
+        ("16bit", 128): [(64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2)],
+        ("fp32", 16): [(32, 32, 4, 2), (64, 32, 8, 2)],
+        ("fp32", 32): [(32, 32, 4, 2), (64, 32, 8, 2)],
+        ("fp32", 64): [(32, 32, 4, 2), (64, 32, 8, 2)],
+        ("fp32", 128): [(32, 32, 8, 2), (32, 16, 4, 2)],
+    },
+}
+GPU_CONFIGS_SM90: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
+    "fwd": {
+        ("fp32", 128): [(16, 64, 4, 2), (16, 16, 4, 2)],
+    },
+    "dkdv": {
+        ("16bit", 128): [(32, 32, 8, 2), (16, 32, 4, 2)],  # no wgmma (BLOCK_N < 64), but no spills
+        ("fp32", 16): [(16, 32, 4, 2)],
+        ("fp32", 32): [(16, 32, 4, 2)],
+        ("fp32", 64): [(16, 32, 4, 2)],
+        ("fp32", 128): [(16, 32, 4, 2)],
+    },
+    "dq": {
         ("fp32", 16): [(32, 32, 4, 2)],
         ("fp32", 32): [(32, 32, 4, 2)],
         ("fp32", 64): [(32, 32, 4, 2)],
-        ("fp32", 128): [(32, 16, 4, 2), (32, 32, 8, 2)],
+        ("fp32", 128): [(32, 16, 4, 2), (16, 32, 4, 2)],
     },
 }
 PREPROCESS_BLOCK_M = 64  # rows per program of _attn_bwd_preprocess (GPU)
@@ -524,9 +548,18 @@ def dtype_family(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def gpu_configs(kernel: str, dtype: torch.dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of a kernel on a GPU."""
-    return GPU_CONFIGS[kernel][(dtype_family(dtype), block_d_for(head_dim))]
+def gpu_configs(kernel: str, dtype: torch.dtype, head_dim: int, arch: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of a kernel on a GPU of compute
+    capability ``arch`` (80 for sm_80, 90 for sm_90, ...)."""
+    key = (dtype_family(dtype), block_d_for(head_dim))
+    if arch >= 90 and key in GPU_CONFIGS_SM90.get(kernel, {}):
+        return GPU_CONFIGS_SM90[kernel][key]
+    return GPU_CONFIGS[kernel][key]
+
+
+def _device_arch(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _is_interpreted(kernel) -> bool:
@@ -545,11 +578,13 @@ _TORCH_DTYPE_OF = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.
 def _autotuned(kernel, name: str, key: list[str]):
     """Wrap a kernel in triton.autotune over every GPU config of `name`, pruned per call to
     the ones listed for the call's dtype and BLOCK_D."""
-    all_configs = sorted({c for table in GPU_CONFIGS[name].values() for c in table})
+    tables = [GPU_CONFIGS[name], GPU_CONFIGS_SM90.get(name, {})]
+    all_configs = sorted({c for table in tables for configs in table.values() for c in configs})
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        wanted = set(GPU_CONFIGS[name][(dtype_family(args["Q"].dtype), args["BLOCK_D"])])
+        q = args["Q"]
+        wanted = set(gpu_configs(name, q.dtype, args["HEAD_DIM"], _device_arch(q.device)))
         kept = [c for c in configs
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return kept or configs[:1]
@@ -561,9 +596,9 @@ def _autotuned(kernel, name: str, key: list[str]):
 if INTERPRET:
     _fwd_kernel, _dkdv_kernel, _dq_kernel = _attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq
 else:
-    _fwd_kernel = _autotuned(_attn_fwd, "fwd", ["L", "S", "GROUP", "BLOCK_D", "IS_CAUSAL"])
-    _dkdv_kernel = _autotuned(_attn_bwd_dkdv, "dkdv", ["L", "S", "GROUP", "BLOCK_D", "IS_CAUSAL"])
-    _dq_kernel = _autotuned(_attn_bwd_dq, "dq", ["L", "S", "GROUP", "BLOCK_D", "IS_CAUSAL"])
+    _fwd_kernel = _autotuned(_attn_fwd, "fwd", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
+    _dkdv_kernel = _autotuned(_attn_bwd_dkdv, "dkdv", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
+    _dq_kernel = _autotuned(_attn_bwd_dq, "dq", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
 
 
 def _launch_config(kernel: str) -> dict:
@@ -648,8 +683,9 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
     _fwd_kernel[grid](
         q, k, v, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        H, H // Hkv, L, S, D,
+        H, H // Hkv, L, S,
         scale * LOG2E,
+        HEAD_DIM=D,
         IS_CAUSAL=is_causal,
         BLOCK_D=block_d_for(D),
         UPCAST=INTERPRET,
@@ -672,7 +708,7 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
 
     block_m = INTERPRETER_CONFIGS["fwd"][0] if INTERPRET else PREPROCESS_BLOCK_M
     _attn_bwd_preprocess[(triton.cdiv(L, block_m), H, B)](
-        out, dout, delta, *_strides(out), *_strides(dout), H, L, D, BLOCK_M=block_m, BLOCK_D=block_d,
+        out, dout, delta, *_strides(out), *_strides(dout), H, L, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_D=block_d,
     )
     if dlse is not None:
         # lse is differentiable too: d lse_i / d s_ij = p_ij, so ds = p * (dp - (delta - dlse))
@@ -682,16 +718,16 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
     _dkdv_kernel[grid_kv](
         q, k, v, dout, lse, delta, dk, dv,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
-        H, H // Hkv, L, S, D, scale, scale * LOG2E,
-        IS_CAUSAL=is_causal, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
+        H, H // Hkv, L, S, scale, scale * LOG2E,
+        IS_CAUSAL=is_causal, HEAD_DIM=D, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
         **_launch_config("dkdv"),
     )
     grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), H, B)  # noqa: E731
     _dq_kernel[grid_q](
         q, k, v, dout, lse, delta, dq,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
-        H, H // Hkv, L, S, D, scale, scale * LOG2E,
-        IS_CAUSAL=is_causal, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
+        H, H // Hkv, L, S, scale, scale * LOG2E,
+        IS_CAUSAL=is_causal, HEAD_DIM=D, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
         **_launch_config("dq"),
     )
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)

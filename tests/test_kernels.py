@@ -360,20 +360,45 @@ def _compile_module():
 
 @pytest.mark.slow
 def test_compile_check_passes_without_spills(capsys):
+    """The default configs of the forward and dk/dv kernels at D=80 (padded to 128, masked)
+    compile for Ampere and Hopper without spills; Hopper uses wgmma."""
     compile_mod = _compile_module()
-    rc = compile_mod.main(["--arch", "80,90", "--head-dims", "64,80", "--dtypes", "bf16", "--quick"])
+    rc = compile_mod.main(["--arch", "80,90", "--head-dims", "80", "--dtypes", "bf16", "--kernels", "fwd,dkdv",
+                           "--causal", "true", "--quick", "--jobs", "2"])
     out = capsys.readouterr().out
     print(out)
     assert rc == 0, out
-    assert "sm_90" in out and "sm_80" in out and "_attn_fwd" in out and "_attn_bwd_dkdv" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("sm_")]
+    assert {(r[0], r[1]) for r in rows} == {(a, k) for a in ("sm_80", "sm_90") for k in ("_attn_fwd", "_attn_bwd_dkdv")}
+    assert all(r[-1] == "ok" and r[7] == "0" for r in rows), out
+    assert all(r[9] == "yes" for r in rows if r[0] == "sm_90"), "no wgmma on Hopper"
 
 
 @pytest.mark.slow
 def test_compile_check_fails_on_spills(capsys):
-    """A config far too big for the register file must be reported as spilling (rc != 0)."""
+    """A config far too big for the register file is reported as spilling, with rc != 0."""
     compile_mod = _compile_module()
     rc = compile_mod.main(["--arch", "80", "--head-dims", "128", "--dtypes", "fp32", "--kernels", "fwd",
-                           "--config", "256,128,1,1"])
+                           "--causal", "false", "--config", "128,64,4,1", "--jobs", "1"])
     out = capsys.readouterr().out
     print(out)
     assert rc != 0 and "SPILL" in out, out
+
+
+def test_compile_check_rejects_bad_arguments(capsys):
+    compile_mod = pytest.importorskip("minilm.kernels.compile")
+    assert compile_mod.main(["--arch", "70", "--head-dims", "200", "--dtypes", "fp64"]) == 2
+    err = capsys.readouterr().err
+    assert "arch 70" in err and "head dim 200" in err and "dtype 'fp64'" in err
+
+
+def test_bench_without_gpu_says_so_and_exits_0(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU: the benchmark would run")
+    from minilm.kernels.bench import attention_flops, main
+
+    assert main([]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+    # FLOPs written in the code: 4*B*H*L*S*D forward, half causal, x3.5 with the backward
+    assert attention_flops(1, 1, 2, 3, 4, False, "fwd") == 96
+    assert attention_flops(1, 1, 2, 3, 4, True, "fwd+bwd") == 48 * 3.5
