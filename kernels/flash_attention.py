@@ -41,7 +41,17 @@ Implementation notes, named where they happen below:
 - exp2 instead of exp: s is computed in base 2 (``qk_scale = scale * log2(e)``), so ``m_i`` is
   the running max of ``s * log2(e)``; the NumPy version's ``m_i`` equals ``m_i * ln(2)`` here.
 - Tails: rows past L and columns past S are loaded as zeros and never stored; head dims that
-  are not a power of two are padded to ``BLOCK_D`` (a power of two >= 16) and masked.
+  are not a power of two are padded to ``BLOCK_D`` (a power of two >= 16) and masked. The
+  head dim is a constexpr (``HEAD_DIM``), so masked loads stay vectorised (one compiled
+  kernel per D).
+- Each loop over tiles runs in two phases (the ``MASK`` constexpr of the ``*_inner``
+  helpers): tiles every query of the program sees in full skip the masking; only the causal
+  diagonal and the key tail pay for ``tl.where``.
+- The dk/dv kernel works on transposed tiles (``s_t = k_tile @ q_tile^T``, (BLOCK_N, BLOCK_M)),
+  so p^T and ds^T come out of one dot already in place for the next.
+- On a GPU p and ds are rounded to the input dtype before their tensor-core dots, as in
+  FlashAttention-2; everything accumulates in float32.
+- lse is differentiable: its gradient enters as ``delta - dlse`` (d lse_i / d s_ij = p_ij).
 - Under the Triton interpreter (``TRITON_INTERPRET=1``, the CPU path) tiles are upcast to
   float32 before ``tl.dot`` (``UPCAST``), because the interpreter multiplies 16-bit floats on
   their raw bits; on a GPU 16-bit operands go to the tensor cores as they are.
@@ -498,8 +508,8 @@ GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
         ("16bit", 32): [(32, 128, 8, 3), (32, 64, 4, 3)],
         ("16bit", 64): [(32, 128, 8, 3), (32, 64, 4, 3)],
         ("16bit", 128): [(32, 64, 8, 2), (32, 32, 8, 2)],
-        ("fp32", 16): [(32, 32, 4, 2), (32, 64, 8, 2)],
-        ("fp32", 32): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("fp32", 16): [(16, 32, 4, 2)],
+        ("fp32", 32): [(16, 32, 4, 2)],
         ("fp32", 64): [(32, 32, 4, 2), (32, 64, 8, 2)],
         ("fp32", 128): [(32, 32, 8, 2), (16, 32, 4, 2)],
     },
@@ -520,8 +530,8 @@ GPU_CONFIGS_SM90: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]
     },
     "dkdv": {
         ("16bit", 128): [(32, 32, 8, 2)],  # no wgmma (BLOCK_N < 64), but no spills
-        ("fp32", 16): [(16, 32, 4, 2)],
-        ("fp32", 32): [(16, 32, 4, 2)],
+        ("fp32", 16): [(32, 32, 8, 2)],
+        ("fp32", 32): [(32, 32, 8, 2)],
         ("fp32", 64): [(16, 32, 4, 2)],
         ("fp32", 128): [(16, 32, 4, 2)],
     },
