@@ -21,12 +21,22 @@ Target: the cache makes 256-token generation at least 3x faster in each twin.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from typing import Callable
 
-import numpy as np
+# One BLAS thread for NumPy unless the environment says otherwise. Batch-1 generation runs
+# many small matrix products, and a BLAS thread pool on a busy machine makes them 10-25x
+# slower (its threads wait for cores), which would time the machine, not the algorithm.
+# This only works if NumPy has not been imported yet; main() says which case it is.
+_BLAS_ENV_SET = "numpy" not in sys.modules
+if _BLAS_ENV_SET:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -45,8 +55,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (default 3)")
     p.add_argument("--twins", default="numpy,torch", help="comma list of numpy, torch")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1; NumPy's BLAS follows "
+                        "OPENBLAS_NUM_THREADS, set to 1 by this script if unset)")
     p.add_argument("--seed", type=int, default=0, help="weights, prompt and sampling seed")
     ns = p.parse_args(argv)
     twins = [t.strip() for t in ns.twins.split(",") if t.strip()]
@@ -55,7 +66,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--twins must list numpy and/or torch, got {ns.twins!r}")
     ns.twins = twins
     for name in ("n_layer", "d_model", "n_head", "context", "vocab", "batch", "prompt",
-                 "new_tokens", "repeats"):
+                 "new_tokens", "repeats", "threads"):
         if getattr(ns, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(ns, name)}")
     if ns.d_model % ns.n_head:
@@ -88,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TransformerLM: n_layer={ns.n_layer} d_model={ns.d_model} n_head={ns.n_head} "
           f"context={ns.context} vocab={ns.vocab}, float32; batch {ns.batch}, prompt "
           f"{ns.prompt}, {n_new} new tokens, median of {ns.repeats} runs")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(f"NumPy {np.__version__}, OPENBLAS_NUM_THREADS={blas}"
+          + ("" if _BLAS_ENV_SET else " (NumPy was imported before this script: its BLAS "
+             "thread count is whatever it was then)"))
     if ns.prompt + n_new > ns.context:
         print(f"note: {ns.prompt + n_new} tokens exceed the context of {ns.context}: past it "
               "the window slides and the cache is re-prefilled every step")
@@ -103,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         from minilm.torch.generate import generate as t_generate
         from minilm.torch.transformer import TransformerLM as TTransformerLM
 
-        if ns.threads is not None:
-            torch.set_num_threads(ns.threads)
+        torch.set_num_threads(ns.threads)
         t_model = TTransformerLM(config, seed=ns.seed).to(ns.device).eval()
         t_model.load_state_dict(np_model.state_dict())
         t_prompt = torch.from_numpy(prompt).to(ns.device)
