@@ -733,6 +733,14 @@ def test_bad_arguments_raise(twin, kw, match):
 
 
 @pytest.mark.parametrize("twin", TWIN_NAMES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_raise(twin, bad):
+    model = FixedLogits([0.0, bad, 1.0], framework=twin)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        run(twin, model, [[0]], 2, seed=0)
+
+
+@pytest.mark.parametrize("twin", TWIN_NAMES)
 def test_model_without_a_known_config_raises(twin):
     class NoConfig:
         config = None
