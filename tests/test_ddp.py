@@ -10,8 +10,10 @@ checkpoint in stream order.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import time
 import socket
 from pathlib import Path
 
@@ -35,6 +37,8 @@ def _worker(rank: int, world_size: int, port: int, out: str, overrides: dict) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    # a hang (say, a rank that never reaches a collective) becomes a failure with its stack
+    faulthandler.dump_traceback_later(150, exit=True)
     from minilm.presets import get_preset
     from minilm.torch.train import train
 
@@ -48,9 +52,12 @@ def _run_two_ranks(out: Path, overrides: dict) -> None:
 
     ctx = mp.start_processes(_worker, args=(2, _free_port(), str(out), overrides), nprocs=2,
                              join=False, start_method="spawn")
-    deadline = 150.0
-    while not ctx.join(timeout=deadline):  # returns True when all have exited cleanly
-        pass
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=2):  # True once all have exited cleanly; raises if one failed
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail("the two ranks did not finish within 180 s")
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -221,7 +222,7 @@ class Reporter:
         self.window: list[float] = []
         self.t0 = time.perf_counter()
         self.bar = None
-        if active and progress:
+        if active and progress and sys.stderr.isatty():  # a bar in a log file is noise
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=args.steps, initial=start, desc="train", unit="step",
