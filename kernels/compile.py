@@ -10,7 +10,9 @@ compiles the kernel to a cubin with Triton's own toolchain (``triton.compile`` o
     arch  kernel  dtype  D  causal  config (BLOCK_M/BLOCK_N/warps/stages)  registers  spills  smem  wgmma
 
 The exit status is non-zero if any config fails to compile or spills registers to local
-memory. Kernels are compiled as a contiguous launch would specialise them (unit head-dim
+memory. Registers and spills come from the ``ptxas -v`` log (spills = bytes of spill stores
+plus loads); for a kernel Triton takes from its cache, where ptxas does not run, from
+``cuobjdump --dump-resource-usage`` on the cubin (any stack frame counts as a spill). Kernels are compiled as a contiguous launch would specialise them (unit head-dim
 stride, 16-byte aligned pointers, strides divisible by 16); the head dim is a constexpr, so
 every D is a kernel of its own.
 
