@@ -36,6 +36,10 @@ def _free_port() -> int:
 def _worker(rank: int, world_size: int, port: int, out: str, overrides: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    # gloo finds its peers through the host name, which in containers may not resolve to an
+    # address the other rank can reach: keep both on the loopback interface
+    if os.path.exists("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     # a hang (say, a rank that never reaches a collective) becomes a failure with its stack
     faulthandler.dump_traceback_later(150, exit=True)

@@ -151,7 +151,12 @@ class Dist:
         if self.owns_group:
             import torch.distributed as dist
 
+            # Let the gloo worker thread finish (and drop) every earlier collective first: one
+            # that still holds a Python-made tensor needs the GIL to free it, and
+            # destroy_process_group joins that thread while holding the GIL (a deadlock).
+            dist.barrier()
             dist.destroy_process_group()
+            self.owns_group = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,8 +403,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                         _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
                     result.checkpoint = save(done)
     except ForcedStop:
-        rep.close()
-        dist.close()
+        rep.close()  # (no dist.close(): the other ranks may be anywhere; the process is ending)
         raise
     except KeyboardInterrupt:
         rep.flush()
