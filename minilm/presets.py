@@ -193,8 +193,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare-char-lstm": dict(
         model="lstm", impl="torch", corpus="tinyshakespeare", tokenizer="char",
         context_length=64, d_embed=64, d_hidden=384, n_layer=1, dropout=0.0,
-        batch_size=32, steps=1500, lr=4e-3, min_lr=4e-4, warmup_steps=50, weight_decay=0.0,
-        beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250, eval_iters=20,
+        batch_size=32, steps=900, lr=4e-3, min_lr=4e-4, warmup_steps=50, weight_decay=0.0,
+        beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=300, eval_iters=20,
         lstm_bptt="carry",
     ),
 }
