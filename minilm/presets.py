@@ -174,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(
         model="transformer", impl="torch", corpus="builtin", tokenizer="char",
         context_length=64, d_model=128, n_layer=4, n_head=4, dropout=0.0,
-        batch_size=16, steps=1500, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
+        batch_size=16, steps=1800, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
         beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250, eval_iters=20,
     ),
     # nanoGPT's "shakespeare-char on a laptop" (README: --device=cpu --compile=False
