@@ -252,7 +252,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         from minilm.numpy.train import train
     if _is_rank0():
         what = f"{args.model} ({args.impl}) on {args.corpus}, {args.tokenizer} tokenizer"
-        verb = "resuming" if ns.resume else "training"
+        verb = f"resuming (from step {ckpt.meta['step']})" if ns.resume else "training"
         print(f"minilm: {verb} {what} for {args.steps} steps -> {out}", flush=True)
     result = train(args, out, resume=ns.resume, progress=not ns.quiet)
     if not _is_rank0():
@@ -262,7 +262,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
                          f"{result.checkpoint} (continue with: minilm train --resume --out {out})\n")
         return EXIT_INTERRUPTED
     unit = "char" if args.tokenizer == "char" else "token"
-    print(f"\ndone: {result.step} steps in {result.seconds:.1f}s")
+    ran = result.step - result.first_step
+    print(f"\ndone: {result.step} steps ({ran} in this run, {result.seconds:.1f}s)")
     print(f"validation: loss {result.val_loss:.4f} nats/{unit} | perplexity "
           f"{result.val_perplexity:.3f} | bits/char {result.bits_per_char:.4f}")
     if result.sample:
