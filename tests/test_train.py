@@ -166,3 +166,20 @@ def test_presets_are_valid_and_mirror_nanogpt():
         get_preset("tiny", lr=-1.0)
     with pytest.raises(ValueError, match="impl"):
         TrainArgs(impl="jax")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-lstm"])
+def test_autocast_bf16_trains_and_keeps_float32_weights(preset):
+    """The mixed-precision path (torch.autocast) on the CPU, where bf16 autocast exists: the
+    loss falls, the master weights and the optimiser state stay float32."""
+    from minilm.torch.train import build_model, resolve_amp, resolve_device
+
+    args = get_preset(preset, impl="torch", amp="bf16", steps=20, eval_interval=20, sample_tokens=0)
+    res = _train("torch")(args, progress=False, print_fn=lambda s: None)
+    assert math.isfinite(res.val_loss) and np.mean(res.losses[-5:]) < res.losses[0] - 0.5
+    assert resolve_amp(args, torch.device("cpu")) is torch.bfloat16
+    assert resolve_amp(args.replace(amp="auto"), torch.device("cpu")) is None  # auto: off on CPU
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp(args.replace(amp="fp16"), torch.device("cpu"))
+    model = build_model(args.model_config(10), args, resolve_device("cpu"))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
