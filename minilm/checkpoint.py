@@ -383,8 +383,8 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
     """``(model, tokenizer, ckpt)`` from a checkpoint file or run folder, ready to evaluate.
 
     ``impl`` ("numpy" or "torch") defaults to the framework that wrote the checkpoint; the
-    weights load into either twin (their state dicts have the same keys). ``attention``
-    overrides the torch Transformer's attention ("naive", "sdpa", "triton").
+    weights load into either twin (their state dicts have the same keys). ``attention`` picks
+    the torch Transformer's attention ("naive", "sdpa" (the default), "triton").
     """
     from minilm.config import LSTMConfig, TransformerConfig
     from minilm.numpy.train import tokenizer_from_meta
@@ -420,8 +420,8 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
             if kind == "transformer":
                 from minilm.torch.transformer import TransformerLM
 
-                model = TransformerLM(config, seed=0,
-                                      attention=attention or train_args.get("attention", "sdpa"))
+                # the weights do not depend on the attention backend: sdpa unless asked
+                model = TransformerLM(config, seed=0, attention=attention or "sdpa")
             else:
                 from minilm.torch.lstm import LSTMLM
 

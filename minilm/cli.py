@@ -247,6 +247,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         except ImportError:
             raise ImportError("--impl torch needs PyTorch: pip install 'minilm[torch]', "
                               "or train with --impl numpy") from None
+        if args.model == "transformer" and args.attention == "triton":
+            _triton_on_cpu_needs_interpreter(args.device)
         from minilm.torch.train import train
     else:
         from minilm.numpy.train import train
@@ -270,6 +272,19 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"sample:\n{result.sample}")
     print(f"run folder: {out} (checkpoint, config.json, tokenizer.json, log.jsonl, loss.png)")
     return 0
+
+
+def _triton_on_cpu_needs_interpreter(device: str) -> None:
+    """Without a GPU the Triton kernel can only run under its interpreter, which must be
+    chosen before minilm.kernels is first imported: choose it here, and say so."""
+    import torch
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and "minilm.kernels" not in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+        os.environ["TRITON_INTERPRET"] = "1"
+        if _is_rank0():
+            print("minilm: no GPU: the Triton kernel runs under the Triton interpreter "
+                  "(TRITON_INTERPRET=1), which is slow", flush=True)
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
