@@ -397,7 +397,6 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
     try:
         kind = meta["model"]
         config = (TransformerConfig if kind == "transformer" else LSTMConfig).from_dict(meta["config"])
-        train_args = meta.get("args", {})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path}: its model config is unreadable ({e})") from None
     tokenizer = tokenizer_from_meta(meta, ckpt.path)
