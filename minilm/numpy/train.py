@@ -503,6 +503,8 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         result.interrupted = True
     finally:
         rep.close()
+    if not result.interrupted and not rep.records:  # nothing left to train: report anyway
+        _evaluate(model, data, args, rep, done, lr, result)
     result.step = done
     result.seconds = time.perf_counter() - t0
     result.evals = rep.records

@@ -412,6 +412,8 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         result.interrupted = True
     finally:
         rep.close()
+    if not result.interrupted and not rep.records and is_main:  # nothing left to train
+        _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
     dist.close()
     result.step = done
     result.seconds = time.perf_counter() - t0
