@@ -20,7 +20,7 @@ cosine, and any model code (the model is built from ``TrainArgs.model_config``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from minilm.config import LSTMConfig, TransformerConfig

@@ -8,9 +8,7 @@ checkpoint; the losses of steps k+1..N and the final weights must be bit-identic
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
