@@ -112,6 +112,10 @@ CASES = [
     pytest.param((2, 4), (2, 1), 5, 5, 4, 4, None, None, True, None, id="kv-head-broadcast"),
     pytest.param((2, 3), (2, 3), 5, 6, 4, 4, None, None, False, 0.3, id="custom-scale"),
     pytest.param((2, 3), (2, 3), 5, 5, 4, 4, "float", None, True, 2.5, id="custom-scale-causal+mask"),
+    # torch takes any scale: a negative one puts the weight on the keys least like the query
+    pytest.param((2, 3), (2, 3), 5, 7, 4, 4, None, None, False, -1.5, id="negative-scale"),
+    pytest.param((2, 3), (2, 3), 6, 6, 4, 4, "float", None, True, -0.7, id="negative-scale-causal+mask"),
+    pytest.param((2,), (2,), 5, 6, 4, 4, "bool", None, False, 0.0, id="zero-scale-uniform"),
 ]
 
 
@@ -147,6 +151,7 @@ def test_forward_and_grads_match_torch(rng, batch_q, batch_kv, L, S, D, Dv, mask
         ((2,), (2,), 4, 4, 3, 2, "bool", True, None),
         ((1, 2), (1, 1), 3, 5, 2, 3, "float", False, 0.7),
         ((2,), (2,), 5, 3, 2, 2, None, True, 1.3),
+        ((2,), (2,), 4, 5, 3, 2, "float", False, -0.9),
     ],
 )
 def test_backward_matches_finite_differences(rng, batch_q, batch_kv, L, S, D, Dv, mask_kind, is_causal, scale):
@@ -238,7 +243,7 @@ def attention_problems(draw):
     # the mask's shape: (L, S), (1, S) (a key mask) or the full (..., L, S)
     mask_shape = draw(st.sampled_from([(L, S), (1, S), (*batch, L, S)]))
     is_causal = draw(st.booleans())
-    scale = draw(st.one_of(st.none(), st.floats(1e-3, 1e2)))
+    scale = draw(st.one_of(st.none(), st.floats(-1e2, 1e2)))  # any finite scale, as torch
     magnitude = draw(st.sampled_from([1.0, 30.0, 100.0]))  # 100 with scale 1: scores ~ +-1e4
     seed = draw(st.integers(0, 2**32 - 1))
     return batch, L, S, D, Dv, mask_kind, mask_shape, is_causal, scale, magnitude, seed
@@ -275,7 +280,7 @@ def test_property_numpy_torch_twin_and_torch_agree(problem):
     # against torch itself; scores of 1e4 make the softmax nearly one-hot, and the
     # gradients scale with the scores, so the tolerance is relative to their size
     ref_out, ref_dq, ref_dk, ref_dv = torch_reference(q, k, v, dout, **kw)
-    big = magnitude**2 * (1.0 if scale is None else max(scale, 1.0))
+    big = magnitude**2 * (1.0 if scale is None else max(abs(scale), 1.0))
     assert_close(out, ref_out, atol=1e-9, rtol=1e-7, name="out")
     assert_close(t_out, out, atol=1e-9, rtol=1e-7, name="twin out")
     for name, a, b, ref in (("dq", dq, t_dq, ref_dq), ("dk", dk, t_dk, ref_dk), ("dv", dv, t_dv, ref_dv)):
@@ -372,8 +377,8 @@ def test_bad_input_raises_value_error_naming_shapes(rng, impl):
         sdpa(q, k, v, attn_mask=np.ones((4, 2, 3, 5, 6), dtype=bool))
     with pytest.raises(ValueError, match="bool.*or float.*int64"):
         sdpa(q, k, v, attn_mask=np.ones((5, 6), dtype=np.int64))
-    for bad_scale in (0.0, -1.0, math.inf, math.nan):
-        with pytest.raises(ValueError, match="scale"):
+    for bad_scale in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"scale must be a finite number, got (-?inf|nan)"):
             sdpa(q, k, v, scale=bad_scale)
     with pytest.raises(ValueError, match="same dtype"):
         sdpa(q.astype(np.float32), k, v)

@@ -75,8 +75,9 @@ def _check_inputs(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{name}: scale must be a finite number > 0, got {scale}")
+    # any finite scale, zero and negative included, as torch's scaled_dot_product_attention
+    if not math.isfinite(scale):
+        raise ValueError(f"{name}: scale must be a finite number, got {scale}")
     bool_mask = float_mask = None
     if attn_mask is not None:
         attn_mask = torch.as_tensor(attn_mask, device=q.device)
@@ -148,6 +149,8 @@ def scaled_dot_product_attention(
 
     q: (..., L, D), k: (..., S, D), v: (..., S, Dv); attn_mask: bool or float broadcastable to
     (..., L, S); returns out: (..., L, Dv) in the inputs' dtype. Typically q is (B, H, T, D).
+    ``scale`` multiplies q k^T: 1/sqrt(D) by default, else any finite number (zero and negative
+    included, as torch).
 
     Worked example: with a single key (S = 1) every query's weight on it is 1, so out equals v
     repeated over L, whatever q and k are.
