@@ -11,6 +11,7 @@ S key length, D head dim, C model width, V vocab size.
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 import sys
@@ -25,8 +26,17 @@ def seed_everything(seed: int) -> None:
     That is Python's ``random``, NumPy's legacy global generator and, if they are already
     imported, torch (CPU and CUDA). minilm's own code takes explicit generators; this is for
     the user code around it. ``PYTHONHASHSEED`` is set for child processes.
+
+    ``seed`` may be any integer in [0, 2**32), a NumPy integer such as ``np.int64(7)``
+    included (as torch accepts); bools, floats and negative numbers raise ValueError.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+    try:
+        if isinstance(seed, bool):  # True is an int to Python, but never meant as a seed
+            raise TypeError
+        seed = operator.index(seed)  # int, np.int64, ...: anything that is an integer
+    except TypeError:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}") from None
+    if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 
 # name -> submodule that defines it; imported on first use (PEP 562), so each idea's module
-# stays independent and `import minilm.numpy` is cheap.
+# stays independent (all but the two imported eagerly below).
 _EXPORTS = {
     "softmax": "functional",
     "log_softmax": "functional",
@@ -43,6 +43,16 @@ _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "laye
                "transformer", "lstm", "generate", "train"}
 
 __all__ = sorted(_EXPORTS)
+
+# Two functions share their module's name: flash_attention and generate. Importing a
+# submodule sets the package attribute of its name to the module, so had anything imported
+# minilm.torch.flash_attention (or .generate) before the first lookup of the function, the
+# attribute would be the module and calling it would raise TypeError. Importing both
+# functions here, before anything else can import those submodules, makes the function win
+# in every import order: a later import of the submodule finds it in sys.modules and leaves
+# the attribute alone. This imports torch, which minilm.torch needs anyway.
+from minilm.torch.flash_attention import flash_attention  # noqa: E402
+from minilm.torch.generate import generate  # noqa: E402
 
 
 def __getattr__(name: str):
