@@ -30,8 +30,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import sys
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -240,6 +243,35 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def _holds_objects(what: str) -> str:
+    return (f"not a minilm checkpoint (it holds objects other than {what} and plain data, which "
+            f"minilm never unpickles)")
+
+
+def _torch_load(p: Path) -> Any:
+    """``torch.load(p, weights_only=True)``, its failures turned into our own short reasons.
+
+    torch's own message for a refused object suggests retrying with ``weights_only=False``,
+    the very protection minilm relies on, so it is never passed on.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(f"{p}: a PyTorch checkpoint needs torch installed") from e
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive (minilm never the legacy format)
+        raise CheckpointError(f"{p}: not a torch checkpoint file (or one cut short)")
+    try:
+        with warnings.catch_warnings():  # torch notes pickle protocols it did not expect
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():  # an object the safe unpickler refused
+            raise CheckpointError(f"{p}: {_holds_objects('tensors')}") from None
+        raise CheckpointError(f"{p}: not a readable torch checkpoint file (corrupt)") from None
+    except Exception:  # zip members missing or damaged, EOF, ...
+        raise CheckpointError(f"{p}: not a readable torch checkpoint file (corrupt)") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file (or the one in a run folder) without unpickling anything."""
     p = find_checkpoint(path)
@@ -250,11 +282,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             meta_bytes = raw.pop(_META_KEY)
             arrays = raw
         elif p.suffix == ".pt":
-            try:
-                import torch
-            except ImportError as e:
-                raise CheckpointError(f"{p}: a PyTorch checkpoint needs torch installed") from e
-            payload = torch.load(p, map_location="cpu", weights_only=True)
+            payload = _torch_load(p)
             if not isinstance(payload, dict) or _META_KEY not in payload:
                 raise ValueError("no __meta__ entry")
             meta_bytes = payload[_META_KEY].numpy()
@@ -264,10 +292,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         meta = json.loads(bytes(np.asarray(meta_bytes, dtype=np.uint8)).decode())
     except CheckpointError:
         raise
-    except Exception as e:  # zipfile/pickle/json/EOF errors: all mean "not a good checkpoint"
+    except Exception as e:  # zipfile/json/EOF errors: all mean "not a good checkpoint"
+        if "allow_pickle" in str(e):  # np.load met an object array (stored with pickle)
+            raise CheckpointError(f"{p}: {_holds_objects('arrays')}") from None
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "pickle" in reason.lower() or "weights_only" in str(e) or type(e).__name__ == "UnpicklingError":
-            reason = f"refusing to unpickle an object ({reason})"
         raise CheckpointError(f"{p}: not a readable minilm checkpoint: {reason}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a minilm checkpoint (format {meta.get('format')!r})")
@@ -384,7 +412,10 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
 
     ``impl`` ("numpy" or "torch") defaults to the framework that wrote the checkpoint; the
     weights load into either twin (their state dicts have the same keys). ``attention`` picks
-    the torch Transformer's attention ("naive", "sdpa" (the default), "triton").
+    the torch Transformer's attention ("naive", "sdpa" (the default), "triton"). ``device``
+    ("cpu", "auto", "cuda", "cuda:1", ...) is checked before anything is built: a device torch
+    cannot use is a ValueError saying so; the NumPy twin runs on the CPU only. The torch
+    model's device is ``next(model.parameters()).device``.
     """
     from minilm.config import LSTMConfig, TransformerConfig
     from minilm.numpy.train import tokenizer_from_meta
@@ -393,6 +424,16 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
     impl = impl or ckpt.framework
     if impl not in ("numpy", "torch"):
         raise ValueError(f"impl must be 'numpy' or 'torch', got {impl!r}")
+    if impl == "numpy" and device not in ("cpu", "auto"):
+        raise ValueError(f"device {device!r}: the NumPy twin runs on the CPU only (the torch "
+                         f"twin, --impl torch, runs on other devices)")
+    if impl == "torch":
+        try:
+            from minilm.torch.train import resolve_device
+        except ImportError:
+            raise ImportError("loading into the torch twin needs PyTorch: pip install "
+                              "'minilm[torch]', or use the NumPy twin") from None
+        device = resolve_device(device)
     meta = ckpt.meta
     try:
         kind = meta["model"]

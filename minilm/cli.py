@@ -247,9 +247,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         except ImportError:
             raise ImportError("--impl torch needs PyTorch: pip install 'minilm[torch]', "
                               "or train with --impl numpy") from None
+        from minilm.torch.train import resolve_device, train
+
+        resolve_device(args.device)  # a device torch cannot use: one line, before anything runs
         if args.model == "transformer" and args.attention == "triton":
             _triton_on_cpu_needs_interpreter(args.device)
-        from minilm.torch.train import train
     else:
         from minilm.numpy.train import train
     if _is_rank0():
@@ -315,8 +317,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
         from minilm.torch.generate import generate
 
+        device = next(model.parameters()).device  # load_run checked and resolved --device
         with torch.no_grad():
-            out = generate(model, torch.from_numpy(idx).to(ns.device), ns.max_new_tokens, **kwargs)
+            out = generate(model, torch.from_numpy(idx).to(device), ns.max_new_tokens, **kwargs)
         rows = out.cpu().tolist()
     else:
         from minilm.numpy.generate import generate
@@ -343,7 +346,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if (ns.impl or ckpt.framework) == "torch":
         from minilm.torch.train import estimate_loss
 
-        loss = estimate_loss(model, data.val, args, device=ns.device)
+        loss = estimate_loss(model, data.val, args, device=next(model.parameters()).device)
     else:
         from minilm.numpy.train import estimate_loss
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -96,6 +97,28 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
     assert_user_error(minilm("generate", "--checkpoint", str(bad)), 1, "checkpoint.npz")
     assert_user_error(minilm("generate", "--checkpoint", str(run_dir), "--top-p", "2"), 2, "--top-p")
     assert_user_error(minilm("train", "--resume", "--out", str(tmp_path / "empty")), 1, "empty")
+    evil = tmp_path / "bad.pt"
+    evil.write_bytes(pickle.dumps({"not": "a checkpoint"}))
+    assert_user_error(minilm("eval", "--checkpoint", str(evil)), 1, "bad.pt", "not a torch checkpoint")
+
+
+def test_devices_torch_cannot_use_are_one_line_errors(run_dir, tmp_path):
+    """--device is checked before a model is built or moved (a CUDA device on a torch without
+    CUDA used to end in torch's 27-line AssertionError traceback)."""
+    torch = pytest.importorskip("torch")
+    ckpt = ["--checkpoint", str(run_dir)]
+    bogus = ("unknown device 'bogus'",)
+    assert_user_error(minilm("generate", *ckpt, "--impl", "torch", "--device", "bogus"), 1, *bogus)
+    assert_user_error(minilm("eval", *ckpt, "--impl", "torch", "--device", "bogus"), 1, *bogus)
+    assert_user_error(minilm("train", "--preset", "tiny", "--impl", "torch", "--device", "bogus",
+                             "--out", str(tmp_path / "r")), 1, *bogus)
+    # the NumPy twin has no devices but the CPU
+    assert_user_error(minilm("generate", *ckpt, "--device", "cuda"), 1, "'cuda'", "CPU only")
+    if not torch.cuda.is_available():
+        for command in (["generate", *ckpt, "--impl", "torch"], ["eval", *ckpt, "--impl", "torch"],
+                        ["train", "--preset", "tiny", "--impl", "torch", "--out", str(tmp_path / "r")]):
+            assert_user_error(minilm(*command, "--device", "cuda"), 1, "device 'cuda'", "CUDA")
+        assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):

@@ -24,8 +24,10 @@ What the twin adds:
   and keeps its ``batch_size / world_size`` rows; DDP averages the gradients, so W ranks take
   exactly the step one process would take on the whole batch. Rank 0 alone evaluates, prints
   and writes files; the LSTM's carried state is gathered from all ranks into the checkpoint.
-- Dropout draws from torch's default generator (``nn.Dropout`` takes no generator), seeded
-  with ``seed + rank`` and saved in the checkpoint, so resuming stays exact.
+- Dropout draws from torch's default generators (``nn.Dropout`` takes no generator): the CPU
+  one, and on a GPU the CUDA one of that device. Both are seeded with ``seed + rank``
+  (``torch.manual_seed`` seeds every device) and saved per rank in the checkpoint
+  (``torch_rng``; ``cuda_rng`` when training on CUDA), so resuming stays exact.
 
 Deliberately left out: gradient accumulation, ``torch.compile``, FSDP.
 """
@@ -69,16 +71,29 @@ __all__ = ["train", "TrainResult", "estimate_loss", "build_model", "resolve_devi
 # Devices, precision, processes
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:LOCAL_RANK when CUDA is present, else cpu."""
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is present, else cpu; any other name is checked.
+
+    A name torch does not know, or a CUDA device this torch cannot use (built without CUDA,
+    no GPU, an index past the last GPU), is a one-line ValueError, raised before any model is
+    built or moved.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r} ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(name)!r}: expected auto, cpu, cuda, cuda:N, "
+                         f"mps, ...") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise ValueError(f"device {str(name)!r} asked for, but {why} (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(name)!r} asked for, but torch sees only "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(name)!r} asked for, but torch has no MPS backend here")
     return device
 
 
@@ -271,6 +286,10 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         raise ValueError(f"batch_size={args.batch_size} is not divisible by the "
                          f"{dist.world_size} ranks")
     device = resolve_device(args.device, dist.local_rank)
+    if device.type == "cuda":
+        if device.index is None:  # plain "cuda": this rank's GPU
+            device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)  # NCCL collectives and all_gather_object use this GPU
     amp = resolve_amp(args, device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -308,7 +327,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{ckpt.path}: does not match the model ({e})") from None
         rng.bit_generator.state = ckpt.meta["numpy_rng"]
+        # dropout's generators: each rank its own (the CPU one; on a GPU the CUDA one too)
         torch.set_rng_state(ckpt.state["torch_rng"][dist.rank % len(ckpt.state["torch_rng"])])
+        cuda_rng = ckpt.state.get("cuda_rng")
+        if cuda_rng and device.type == "cuda":  # (a run moved to the CPU has no CUDA state to set)
+            torch.cuda.set_rng_state(cuda_rng[dist.rank % len(cuda_rng)], device)
         if ckpt.state.get("scaler"):
             scaler.load_state_dict(ckpt.state["scaler"])
         if ckpt.state.get("lstm_state") is not None:
@@ -334,17 +357,22 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         lstm_state = None
         if state is not None:
             lstm_state = [dist.gather_streams(s.detach()).cpu() for s in state]
-        rng_states = [torch.get_rng_state()]
+        # dropout's generator state, per rank: (CPU state, CUDA state or None), CPU ByteTensors
+        mine = (torch.get_rng_state(),
+                torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        rng_states = [mine]
         if dist.enabled:
             import torch.distributed as tdist
 
             rng_states = [None] * dist.world_size
-            tdist.all_gather_object(rng_states, torch.get_rng_state())
+            tdist.all_gather_object(rng_states, mine)
         if run is None or not is_main:
             return None
         meta = checkpoint_meta(args, "torch", config, data.tokenizer, done, rng, data.chars_per_token)
+        cuda_rng = [c for _, c in rng_states] if device.type == "cuda" else None
         tree = {"model": raw_model.state_dict(), "optim": optimizer.state_dict(),
-                "torch_rng": rng_states, "lstm_state": lstm_state,
+                "torch_rng": [c for c, _ in rng_states], "cuda_rng": cuda_rng,
+                "lstm_state": lstm_state,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None}
         return save_checkpoint(run.checkpoint("torch"), meta, tree)
 
