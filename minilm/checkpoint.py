@@ -22,7 +22,7 @@ a model that does not match) is a ``CheckpointError`` (a ``ValueError``) naming 
 
 A run folder ``runs/<name>/`` holds ``checkpoint.{npz,pt}``, ``config.json`` (model config +
 training args, for people to read), ``tokenizer.json``, ``log.jsonl`` (one JSON record per
-logged step or evaluation) and ``loss.png``.
+logged step or evaluation) and ``loss.png`` (when matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ __all__ = [
     "write_json",
     "RunFolder",
     "plot_losses",
+    "plotting_problem",
     "load_run",
 ]
 
@@ -364,17 +365,34 @@ class RunFolder:
         return kept
 
 
+def plotting_problem() -> str:
+    """'' when ``plot_losses`` can draw; else why not, in one line naming the missing package.
+
+    matplotlib is optional (the ``torch`` extra brings it; a NumPy-only install has none).
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib)"
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError as e:
+        return f"matplotlib cannot draw a PNG here ({e})"
+    return ""
+
+
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
     """Draw train loss (per step) and validation loss (per evaluation) into a PNG.
 
     matplotlib is imported here, through its object-oriented API and the Agg canvas, so no
-    global backend is switched; without matplotlib this returns None and draws nothing.
+    global backend is switched; without matplotlib this returns None and draws nothing
+    (``plotting_problem()`` says why).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    if plotting_problem():
         return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig = Figure(figsize=(6.4, 4.0), dpi=100)

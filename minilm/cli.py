@@ -60,7 +60,8 @@ TRAIN_EXAMPLES = _fmt("""
       torchrun --nproc_per_node 2 -m minilm train --batch-size 24   # data parallel (DDP)
 
     Ctrl-C stops after the current step, saves a checkpoint and exits with code 130.
-    The run folder gets checkpoint.{pt,npz}, config.json, tokenizer.json, log.jsonl, loss.png.
+    The run folder gets checkpoint.{pt,npz}, config.json, tokenizer.json, log.jsonl, and
+    loss.png when matplotlib is installed.
 """)
 
 GENERATE_EXAMPLES = _fmt("""
@@ -272,7 +273,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
           f"{result.val_perplexity:.3f} | bits/char {result.bits_per_char:.4f}")
     if result.sample:
         print(f"sample:\n{result.sample}")
-    print(f"run folder: {out} (checkpoint, config.json, tokenizer.json, log.jsonl, loss.png)")
+    files = "checkpoint, config.json, tokenizer.json, log.jsonl" + (", loss.png" if result.loss_plot else "")
+    print(f"run folder: {out} ({files})")
     return 0
 
 

@@ -150,3 +150,20 @@ def test_bench_dispatches_to_the_benchmark_scripts():
     p = minilm("bench", "quality", "--help")
     assert p.returncode == 0, p.stderr
     assert "usage" in p.stdout.lower()
+
+
+def test_train_without_matplotlib_names_no_loss_png(tmp_path, monkeypatch, capsys):
+    """In-process (so matplotlib can be made unimportable): the run says why loss.png was
+    skipped, and the closing line lists only files that exist."""
+    from minilm.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "tiny", "--steps", "4", "--eval-interval", "2",
+                 "--sample-tokens", "0", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "loss.png skipped: matplotlib is not installed" in printed
+    folder_line = next(line for line in printed.splitlines() if line.startswith("run folder:"))
+    assert "log.jsonl" in folder_line and "loss.png" not in folder_line
+    assert not (out / "loss.png").exists()

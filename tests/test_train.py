@@ -9,6 +9,8 @@
 - The LSTM's truncated-BPTT streams are contiguous from one window to the next; ranks'
   slices of a batch put together are the batch one process would draw.
 - A real SIGINT during training stops it after the current step with a checkpoint.
+- Without matplotlib the loss curve is skipped, and one line says so; the progress bar shows
+  a bias-corrected moving average of the loss.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def test_loop_learns_and_writes_the_run_folder(tmp_path, impl, preset):
     assert {"config.json", "tokenizer.json", "log.jsonl", "loss.png",
             "checkpoint.npz" if impl == "numpy" else "checkpoint.pt"} <= names
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.loss_plot == run / "loss.png"
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [20, 40]
     assert [r["train_loss"] for r in records if "train_loss" in r] == res.losses
@@ -183,3 +186,50 @@ def test_autocast_bf16_trains_and_keeps_float32_weights(preset):
         resolve_amp(args.replace(amp="fp16"), torch.device("cpu"))
     model = build_model(args.model_config(10), args, resolve_device("cpu"))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_without_matplotlib_the_loss_plot_is_skipped_and_one_line_says_why(tmp_path, monkeypatch, impl):
+    """A NumPy-only install has no matplotlib: the loop trains, writes everything else, says
+    once (not at every evaluation) that loss.png was skipped and why, and reports no plot."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    printed = []
+    args = get_preset("tiny", impl=impl, steps=4, eval_interval=2, sample_tokens=0)
+    res = _train(impl)(args, tmp_path / "run", progress=False, print_fn=printed.append)
+    assert res.step == 4 and len(res.evals) == 2
+    skipped = [line for line in printed if "loss.png" in line]
+    assert skipped == ["loss.png skipped: matplotlib is not installed (pip install matplotlib)"]
+    assert res.loss_plot is None and not (tmp_path / "run" / "loss.png").exists()
+    assert (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_progress_bar_shows_a_bias_corrected_moving_average_of_the_loss():
+    """The bar's postfix after losses 4, 2, 3 with beta = 0.9, worked out by hand:
+    m_1 = 0.4, m_2 = 0.36 + 0.2 = 0.56, m_3 = 0.504 + 0.3 = 0.804;
+    shown m_3 / (1 - 0.9^3) = 0.804 / 0.271 = 2.966789... (the last loss alone would be 3)."""
+    from minilm.numpy.train import Reporter
+
+    class Bar:  # what Reporter uses of tqdm
+        def __init__(self):
+            self.postfix = ""
+
+        def update(self, n):
+            pass
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def close(self):
+            pass
+
+    rep = Reporter(get_preset("tiny"), None, 0, progress=False, active=True, print_fn=lambda s: None)
+    assert Reporter.EMA_BETA == 0.9 and math.isnan(rep.running_loss)
+    rep.bar = Bar()
+    rep.step(1, 4.0, 1e-3)
+    assert rep.running_loss == pytest.approx(4.0)  # bias correction: the first value is itself
+    rep.step(2, 2.0, 1e-3)
+    rep.step(3, 3.0, 1e-3)
+    assert rep.running_loss == pytest.approx(0.804 / 0.271, rel=1e-12)
+    assert rep.bar.postfix == "loss 2.9668 (ema)"

@@ -47,7 +47,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from minilm.checkpoint import CheckpointError, RunFolder, load_checkpoint, plot_losses, save_checkpoint, write_json
+from minilm.checkpoint import (
+    CheckpointError,
+    RunFolder,
+    load_checkpoint,
+    plot_losses,
+    plotting_problem,
+    save_checkpoint,
+    write_json,
+)
 from minilm.presets import TrainArgs
 
 __all__ = ["train", "TrainResult", "estimate_loss", "prepare_data", "Data", "RESUMABLE_CHANGES"]
@@ -77,6 +85,7 @@ class TrainResult:
     sample: str  # the last printed sample
     interrupted: bool = False  # stopped by Ctrl-C (a checkpoint was saved)
     checkpoint: Path | None = None  # the last checkpoint written
+    loss_plot: Path | None = None  # loss.png, if drawn (None: no run folder, or no matplotlib)
     seconds: float = 0.0  # wall time of this call
     evals: list[dict[str, Any]] = field(default_factory=list)  # every evaluation record
 
@@ -211,8 +220,18 @@ class ForcedStop(KeyboardInterrupt):
 class Reporter:
     """Progress bar, printed evaluations and samples, ``log.jsonl`` and ``loss.png``.
 
-    Only the process with ``active=True`` (rank 0) prints or writes anything.
+    Only the process with ``active=True`` (rank 0) prints or writes anything. The bar shows
+    the running loss: an exponential moving average of the step losses, bias-corrected so
+    the first steps are not pulled towards 0 (as in Adam)::
+
+        m_n = beta m_{n-1} + (1 - beta) loss_n,   m_0 = 0,   shown: m_n / (1 - beta^n)
+
+    with beta = ``EMA_BETA`` = 0.9: a mean over roughly the last 1 / (1 - beta) = 10 steps,
+    steadier than one step's loss. Without matplotlib, ``loss.png`` is skipped and one line
+    says so.
     """
+
+    EMA_BETA = 0.9
 
     def __init__(self, args: TrainArgs, run: RunFolder | None, start: int, progress: bool,
                  active: bool, print_fn: Callable[[str], None] | None) -> None:
@@ -220,6 +239,9 @@ class Reporter:
         self.pending: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.window: list[float] = []
+        self._ema, self._n = 0.0, 0  # m_n and n of the running loss
+        self.loss_plot: Path | None = None  # loss.png once drawn
+        self._plot_problem: str | None = None  # why loss.png cannot be drawn ('' if it can)
         self.t0 = time.perf_counter()
         self.bar = None
         if active and progress and sys.stderr.isatty():  # a bar in a log file is noise
@@ -239,14 +261,24 @@ class Reporter:
         else:
             print(text, flush=True)
 
+    @property
+    def running_loss(self) -> float:
+        """The bias-corrected moving average m_n / (1 - beta^n) (nan before the first step)."""
+        if self._n == 0:
+            return float("nan")
+        return self._ema / (1.0 - self.EMA_BETA ** self._n)
+
     def step(self, done: int, loss: float, lr: float) -> None:
         self.window.append(loss)
+        # m_n = beta m_{n-1} + (1 - beta) loss_n
+        self._ema = self.EMA_BETA * self._ema + (1.0 - self.EMA_BETA) * loss
+        self._n += 1
         if not self.active:
             return
         self.pending.append({"step": done, "train_loss": loss, "lr": lr})
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            self.bar.set_postfix_str(f"loss {self.running_loss:.4f} (ema)", refresh=False)
 
     def evaluation(self, done: int, m: dict[str, float], lr: float, sample: str) -> dict[str, Any]:
         train_loss = float(np.mean(self.window)) if self.window else float("nan")
@@ -271,8 +303,14 @@ class Reporter:
             return
         self.run.append_log(self.pending)
         self.pending = []
+        if self._plot_problem is None:
+            self._plot_problem = plotting_problem()
+            if self._plot_problem:
+                self.say(f"{self.run.loss_plot.name} skipped: {self._plot_problem}")
+        if self._plot_problem:
+            return
         title = f"{self.args.model} ({self.args.impl}) on {Path(self.args.corpus).name}"
-        plot_losses(self.run.read_log(), self.run.loss_plot, title=title)
+        self.loss_plot = plot_losses(self.run.read_log(), self.run.loss_plot, title=title)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -508,6 +546,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     result.step = done
     result.seconds = time.perf_counter() - t0
     result.evals = rep.records
+    result.loss_plot = rep.loss_plot
     return result
 
 

@@ -446,6 +446,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     result.step = done
     result.seconds = time.perf_counter() - t0
     result.evals = rep.records
+    result.loss_plot = rep.loss_plot
     return result
 
 
