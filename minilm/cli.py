@@ -81,9 +81,11 @@ EVAL_EXAMPLES = _fmt("""
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)
     "compile": ("minilm.kernels.compile", "compile_kernels.py",
-                "compile the Triton kernels for a GPU and check them against PyTorch"),
+                "compile the Triton kernels for sm_80/sm_90 (no GPU needed) and report "
+                "registers, spills, shared memory and wgmma use"),
     "attention": ("minilm.kernels.bench", "bench_attention_gpu.py",
-                  "flash-attention kernel vs torch SDPA: time, TFLOP/s, memory"),
+                  "on a CUDA GPU: flash-attention kernel vs torch sdpa, forward and "
+                  "forward+backward TFLOP/s (outputs checked first)"),
     "train-step": (None, "bench_train_step.py",
                    "one training step, NumPy reference vs PyTorch twin"),
     "generate": (None, "bench_generate.py", "generation with and without the KV cache"),
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
     # --- bench ---
-    lines = "\n".join(f"  {k:<11} {v[2]}" for k, v in BENCHMARKS.items())
+    lines = "\n".join(textwrap.fill(v[2], width=88, initial_indent=f"  {k:<11} ",
+                                   subsequent_indent=" " * 14) for k, v in BENCHMARKS.items())
     b = sub.add_parser(
         "bench", help="run a benchmark",
         description=_wrap("Run one of minilm's benchmarks; the arguments after its name go to it "

@@ -97,6 +97,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
     assert_user_error(minilm("generate", "--checkpoint", str(bad)), 1, "checkpoint.npz")
     assert_user_error(minilm("generate", "--checkpoint", str(run_dir), "--top-p", "2"), 2, "--top-p")
     assert_user_error(minilm("train", "--resume", "--out", str(tmp_path / "empty")), 1, "empty")
+    other = tmp_path / "other.txt"
+    other.write_text("plain text, then a character the builtin corpus lacks: \U0001F600\n" * 50)
+    assert_user_error(minilm("eval", "--checkpoint", str(run_dir), "--corpus", str(other)), 1,
+                      "other.txt", "U+1F600")
     evil = tmp_path / "bad.pt"
     evil.write_bytes(pickle.dumps({"not": "a checkpoint"}))
     assert_user_error(minilm("eval", "--checkpoint", str(evil)), 1, "bad.pt", "not a torch checkpoint")
@@ -144,6 +148,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     from minilm.checkpoint import load_checkpoint
 
     assert load_checkpoint(out).step >= 5
+
+
+def test_bench_help_says_what_each_benchmark_measures():
+    p = minilm("bench", "--help")
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())  # the epilog wraps
+    assert "sm_80/sm_90" in text and "registers, spills, shared memory and wgmma" in text
+    assert "TFLOP/s" in text and "sdpa" in text
+    assert "against PyTorch" not in text and "memory" not in text.replace("shared memory", "")
 
 
 def test_bench_dispatches_to_the_benchmark_scripts():

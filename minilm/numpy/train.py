@@ -115,14 +115,18 @@ def prepare_data(args: TrainArgs, tokenizer: Any = None, corpus: str | None = No
     """
     from minilm.data import load_corpus, train_val_split
 
-    text = load_corpus(corpus or args.corpus)
+    name = corpus or args.corpus
+    text = load_corpus(name)
     if tokenizer is None:
         tokenizer = make_tokenizer(args, text)
-    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)  # (N,)
+    try:
+        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)  # (N,)
+    except ValueError as e:  # a char tokenizer (from a checkpoint) missing a character
+        raise ValueError(f"corpus {name!r} cannot be encoded with this tokenizer: {e}") from None
     need = args.context_length + 2
     if len(ids) * args.val_fraction < need + 1:
         raise ValueError(
-            f"corpus {corpus or args.corpus!r} is too small: {len(ids)} tokens, and its "
+            f"corpus {name!r} is too small: {len(ids)} tokens, and its "
             f"validation part ({args.val_fraction:g} of it) needs more than context_length + 1 = "
             f"{args.context_length + 1}")
     train_ids, val_ids = train_val_split(ids, args.val_fraction)  # (N_train,), (N_val,)
