@@ -278,3 +278,47 @@ def test_cross_entropy_bad_targets(rng):
         L.cross_entropy_forward(np.zeros((1, 2, 4)), np.array([[0, 4]]))
     loss, cache = L.cross_entropy_forward(np.zeros((1, 2, 4)), np.array([[-100, -100]]))
     assert loss == 0.0 and not L.cross_entropy_backward(cache).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Input helpers of the models
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_check_targets_twins(framework):
+    """The NumPy and PyTorch target checks accept and refuse the same things, with one message."""
+    check = L.check_targets if framework == "numpy" else TL.check_targets
+    good = np.array([[0, 4, -100], [1, 2, 3]])
+    out = check(good, (2, 3), vocab_size=5)
+    assert np.asarray(out).tolist() == good.tolist()
+    if framework == "torch":
+        assert out.dtype == torch.long
+        assert check(good.astype(np.int32), (2, 3), 5).dtype == torch.long
+    # a custom ignore_index is let through; -100 then is an out-of-range target
+    custom = np.where(good == -100, -7, good)
+    assert np.asarray(check(custom, (2, 3), 5, ignore_index=-7)).tolist() == custom.tolist()
+    with pytest.raises(ValueError, match=r"targets must be in \[0, 5\) or ignore_index=-1, got \[-100\]"):
+        check(good, (2, 3), 5, ignore_index=-1)
+    with pytest.raises(ValueError, match=r"\[0, 5\) or ignore_index=-100, got \[5, 9\]"):
+        check(np.array([[5, 0, 9]]), (1, 3), 5)
+    with pytest.raises(ValueError, match="integer token ids, got dtype .*float"):
+        check(good.astype(np.float32), (2, 3), 5)
+    with pytest.raises(ValueError, match="integer token ids, got dtype .*bool"):
+        check(good > 0, (2, 3), 5)
+    with pytest.raises(ValueError, match=r"targets shape \(2, 2\) must equal idx shape \(2, 3\)"):
+        check(good[:, :2], (2, 3), 5)
+
+
+@pytest.mark.parametrize("dtype, np_dtype", [(torch.bfloat16, np.float32), (torch.float16, np.float32),
+                                             (torch.float32, np.float32), (torch.float64, np.float64),
+                                             (torch.int64, np.int64)])
+def test_to_numpy_widens_half_precision(dtype, np_dtype):
+    """Tensors of every dtype (bfloat16 has no NumPy twin) come back with their exact values."""
+    x = torch.tensor([[1.0, -2.5], [3.140625, 1e-3]], requires_grad=True).to(dtype)
+    if dtype == torch.int64:
+        x = x.detach()
+    a = L.to_numpy(x)
+    assert isinstance(a, np.ndarray) and a.shape == (2, 2) and a.dtype == np_dtype
+    # widening is exact: the very values of the tensor, bfloat16's rounding of 1e-3 included
+    assert torch.equal(torch.from_numpy(a), x.detach().to(torch.from_numpy(a).dtype))
+    assert np.array_equal(L.to_numpy([[1, 2]]), np.array([[1, 2]]))

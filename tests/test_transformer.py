@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +211,23 @@ def test_load_state_dict_keeps_live_arrays_and_dtype(rng):
     assert (m.params["ln_f.weight"] == 1.0).all()
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_loads_half_precision_tensors(rng, half, dtype):
+    """bfloat16 (no NumPy twin) and float16 state dicts load, every value the widened tensor's."""
+    cfg = make_config("untied-mha")
+    sd = {k: torch.as_tensor(v).to(half) for k, v in randomised(NumpyLM(cfg, seed=1), rng).state_dict().items()}
+    m = NumpyLM(cfg, seed=2, dtype=dtype)
+    m.load_state_dict(sd)
+    for k, t in sd.items():
+        assert m.params[k].dtype == dtype
+        assert np.array_equal(m.params[k], t.double().numpy()), k  # widening is exact
+    # and from a half-precision torch model
+    t = TorchLM(cfg, seed=3).to(half)
+    m.load_state_dict(t.state_dict())
+    assert np.array_equal(m.params["tok_emb.weight"], t.tok_emb.weight.detach().double().numpy())
+
+
 @pytest.mark.parametrize("twin", ["numpy", "torch"])
 def test_load_state_dict_errors(twin):
     cfg = make_config("tied-gqa")
@@ -240,14 +258,22 @@ def _triton_available() -> str | None:
     return None
 
 
+BACKEND_CONFIGS = {  # head dim D = 8 (the kernel's smallest); context_length 13
+    "gqa": dict(vocab_size=17, context_length=13, d_model=32, n_layer=2, n_head=4, n_kv_head=2),
+    "mha": dict(vocab_size=17, context_length=13, d_model=16, n_layer=2, n_head=2),
+}
+
+
+@pytest.mark.parametrize("T", [1, 7, 13], ids=["T=1", "T=7-prime", "T=13-full-context"])
+@pytest.mark.parametrize("shape", list(BACKEND_CONFIGS))
 @pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_torch_attention_backends_agree(rng, backend):
-    """Every backend against "naive" in float32, forward and gradients (D = 8 for the kernel)."""
+def test_torch_attention_backends_agree(rng, backend, shape, T):
+    """Every backend against "naive" in float32: logits, and every gradient of the loss."""
     if backend == "triton" and (reason := _triton_available()):
         pytest.skip(reason)
-    cfg = TransformerConfig(vocab_size=17, context_length=12, d_model=16, n_layer=2, n_head=2, n_kv_head=1)
+    cfg = TransformerConfig(**BACKEND_CONFIGS[shape])
     sd = randomised(NumpyLM(cfg, seed=3), rng).state_dict()
-    idx, targets = tokens(rng, cfg, 2, 11)
+    idx, targets = tokens(rng, cfg, 2, T)
     results = {}
     for name in ("naive", backend):
         model = TorchLM(cfg, attention=name)
@@ -258,6 +284,36 @@ def test_torch_attention_backends_agree(rng, backend):
     assert_close(results[backend][0], results["naive"][0], 2e-5, 1e-4, "logits")
     for k, g in results["naive"][1].items():
         assert_close(results[backend][1][k], g, 2e-5, 1e-3, k)
+    # the compared gradients are not all zero; with T = 1 the softmax over a single key is 1
+    # whatever the key, so only there the keys get none
+    g = results["naive"][1]
+    assert g["blocks.0.attn.v_proj.weight"].abs().max() > 1e-6
+    assert (g["blocks.0.attn.k_proj.weight"].abs().max() > 1e-6) == (T > 1)
+
+
+def test_triton_head_dim_checked_at_construction():
+    """D = d_model / n_head outside the kernel's [8, 128] is a ValueError naming all three."""
+    if reason := _triton_available():
+        pytest.skip(reason)
+    small = TransformerConfig(vocab_size=5, context_length=4, d_model=12, n_layer=1, n_head=3)  # D = 4
+    with pytest.raises(ValueError, match=r"d_model / n_head = 12 / 3 = 4 .*\[8, 128\]"):
+        TorchLM(small, attention="triton")
+    large = TransformerConfig(vocab_size=5, context_length=4, d_model=258, n_layer=1, n_head=2)  # D = 129
+    with pytest.raises(ValueError, match=r"d_model / n_head = 258 / 2 = 129 .*\[8, 128\]"):
+        TorchLM(large, attention="triton")
+    # the ends of the range are fine, and other backends do not care
+    TorchLM(TransformerConfig(vocab_size=5, context_length=4, d_model=16, n_layer=1, n_head=2), attention="triton")
+    TorchLM(small, attention="sdpa")
+
+
+def test_only_triton_construction_imports_the_kernels(monkeypatch):
+    """With minilm.kernels unimportable, sdpa/naive models build and run; triton says why not."""
+    monkeypatch.setitem(sys.modules, "minilm.kernels", None)  # `import minilm.kernels` now fails
+    cfg = TransformerConfig(vocab_size=5, context_length=4, d_model=12, n_layer=1, n_head=3)  # D = 4
+    for attention in ("naive", "sdpa"):
+        assert TorchLM(cfg, attention=attention)(np.zeros((1, 3), np.int64)).shape == (1, 3, 5)
+    with pytest.raises(RuntimeError, match='attention="triton" needs minilm.kernels'):
+        TorchLM(cfg, attention="triton")
 
 
 def test_bad_attention_backend():
@@ -344,8 +400,29 @@ def test_bad_tokens_raise(twin):
         model(np.zeros(3, np.int64))
     with pytest.raises(ValueError, match=r"non-empty.*\(1, 0\)"):
         model(np.zeros((1, 0), np.int64))
+    # targets: the same ValueError in both twins (torch's own cross_entropy would raise an
+    # IndexError for 13 and silently cast float targets)
+    idx = np.array([[1, 2, 3]])
+    fits = [model.loss] + ([model.loss_and_grads] if twin == "numpy" else [])
+    for fit in fits:
+        with pytest.raises(ValueError, match=r"targets must be in \[0, 13\) or ignore_index=-100, got \[13\]"):
+            fit(idx, np.array([[1, 13, -100]]))
+        with pytest.raises(ValueError, match=r"\[0, 13\) or ignore_index=-100, got \[-1, 20\]"):
+            fit(idx, np.array([[-1, 2, 20]]))
+        with pytest.raises(ValueError, match=r"\[0, 13\) or ignore_index=-1, got \[-100\]"):
+            fit(idx, np.array([[1, 2, -100]]), ignore_index=-1)
+        with pytest.raises(ValueError, match="targets must hold integer token ids, got dtype .*float"):
+            fit(idx, np.array([[1.0, 2.0, 3.0]]))
+        with pytest.raises(ValueError, match=r"targets shape \(1, 2\) must equal idx shape \(1, 3\)"):
+            fit(idx, np.array([[1, 2]]))
+        out = fit(idx, np.array([[1, 12, -100]]))  # in range, and an ignored position: fine
+        loss = out[0] if isinstance(out, tuple) else out
+        assert math.isfinite(loss.item() if isinstance(loss, torch.Tensor) else loss)
     if twin == "numpy":
         with pytest.raises(ValueError, match="max 13"):
             model.loss_and_grads(np.array([[1, 13]]), np.array([[1, 2]]))
-        with pytest.raises(ValueError, match=r"\[0, 13\).*\[20\]"):
-            model.loss_and_grads(np.array([[1, 2]]), np.array([[1, 20]]))
+    else:  # torch tensors too
+        with pytest.raises(ValueError, match=r"got \[13\]"):
+            model.loss(torch.tensor(idx), torch.tensor([[1, 13, 2]]))
+        with pytest.raises(ValueError, match="dtype torch.float32"):
+            model.loss(torch.tensor(idx), torch.tensor([[1.0, 2.0, 3.0]]))

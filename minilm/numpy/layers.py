@@ -19,6 +19,11 @@ The interface is stable (the LSTM of ``minilm.numpy.lstm`` builds on it):
 | block | ``block_forward(x, p, n_head, n_kv_head, kv_cache=None)`` pre-LayerNorm | ``block_backward(dy, cache) -> (dx, grads)`` |
 | cross-entropy | ``cross_entropy_forward(logits, targets, ignore_index=-100) -> (loss, cache)`` | ``cross_entropy_backward(cache, dloss=1.0) -> dlogits`` |
 
+Two input helpers shared by both NumPy models: ``check_targets(targets, shape, vocab_size,
+ignore_index)`` (the checks the PyTorch twins make with ``minilm.torch.layers.check_targets``)
+and ``to_numpy(x)``, which turns a torch tensor of any float dtype (bfloat16 included) into
+an ndarray without importing torch.
+
 Linear weights are stored torch-style, ``(out, in)``, so ``y = x @ W.T + b`` and a weight moves
 to ``torch.nn.Linear`` unchanged. The composite layers (MLP, attention, block) take their
 parameters as a dict ``p`` whose keys are the torch twin's ``state_dict`` keys relative to the
@@ -65,6 +70,8 @@ __all__ = [
     "block_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
+    "check_targets",
+    "to_numpy",
     "KVCacheLayer",
 ]
 
@@ -409,3 +416,40 @@ def cross_entropy_backward(cache: Any, dloss: float = 1.0) -> np.ndarray:
     probs[np.arange(len(tt)), tt] -= 1.0
     probs *= (keep * (dloss / max(n, 1))).astype(probs.dtype)[:, None]
     return probs.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input helpers of the models
+
+
+def check_targets(targets: Any, shape: tuple[int, ...], vocab_size: int,
+                  ignore_index: int = -100) -> np.ndarray:
+    """targets as an integer array of ``shape`` (B, T), each in [0, V) or ``ignore_index``;
+    otherwise a ValueError naming the dtype, the shapes or (up to five of) the bad values.
+
+    >>> check_targets([[1, -100]], (1, 2), vocab_size=3).tolist()
+    [[1, -100]]
+    """
+    targets = to_numpy(targets)
+    if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+    if targets.shape != tuple(shape):
+        raise ValueError(f"targets shape {targets.shape} must equal idx shape {tuple(shape)}")
+    bad = targets[(targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))]  # (n_bad,)
+    if bad.size:
+        raise ValueError(f"targets must be in [0, {vocab_size}) or ignore_index={ignore_index}, "
+                         f"got {bad[:5].tolist()}")
+    return targets
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """An ndarray of x: NumPy arrays and lists as they are, torch tensors detached and on the
+    CPU, without importing torch. float16 and bfloat16 tensors are widened to float32 first
+    (exact: every half-precision value is a float32); NumPy has no bfloat16, so
+    ``tensor.numpy()`` would refuse it."""
+    if hasattr(x, "detach"):  # a torch.Tensor
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)

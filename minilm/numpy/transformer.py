@@ -50,6 +50,7 @@ from minilm.numpy.layers import (
     KVCacheLayer,
     block_backward,
     block_forward,
+    check_targets,
     cross_entropy_backward,
     cross_entropy_forward,
     embedding_backward,
@@ -58,6 +59,7 @@ from minilm.numpy.layers import (
     layer_norm_forward,
     linear_backward,
     linear_forward,
+    to_numpy,
 )
 
 __all__ = ["TransformerLM", "KVCache", "init_params", "param_shapes"]
@@ -200,13 +202,7 @@ class TransformerLM:
         for k in expected:
             if k not in state_dict:
                 continue
-            v = state_dict[k]
-            if hasattr(v, "detach"):  # a torch.Tensor, without importing torch
-                v = v.detach().cpu()
-                if v.is_floating_point() and v.element_size() < 4:
-                    v = v.float()  # float16 / bfloat16 have no NumPy twin; widening is exact
-                v = v.numpy()
-            v = np.asarray(v)
+            v = to_numpy(state_dict[k])  # torch tensors too, half precision widened exactly
             if v.shape != expected[k].shape:
                 bad_shapes.append(f"{k}: expected {expected[k].shape}, got {v.shape}")
             arrays[k] = v
@@ -284,17 +280,9 @@ class TransformerLM:
     def loss(self, idx: Any, targets: Any, ignore_index: int = -100) -> float:
         """Mean cross-entropy (nats) of the next-token predictions, without gradients."""
         idx = _check_idx(idx, self.config)
-        targets = self._check_targets(targets, idx)
+        targets = check_targets(targets, idx.shape, self.config.vocab_size, ignore_index)
         loss, _ = cross_entropy_forward(self.forward(idx), targets, ignore_index)
         return loss
-
-    def _check_targets(self, targets: Any, idx: np.ndarray) -> np.ndarray:
-        targets = np.asarray(targets)
-        if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.integer):
-            raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets shape {targets.shape} must equal idx shape {idx.shape}")
-        return targets
 
     def loss_and_grads(
         self, idx: Any, targets: Any, ignore_index: int = -100
@@ -307,7 +295,7 @@ class TransformerLM:
         """
         cfg = self.config
         idx = _check_idx(idx, cfg)
-        targets = self._check_targets(targets, idx)
+        targets = check_targets(targets, idx.shape, cfg.vocab_size, ignore_index)
         logits, (c_tok, block_caches, c_lnf, c_head, T) = self._forward(idx, None, keep=True)
         loss, c_ce = cross_entropy_forward(logits, targets, ignore_index)
 

@@ -22,18 +22,27 @@ Attention backends (``attention=`` of ``CausalSelfAttention``/``Block``):
 
 - ``"naive"``: softmax(q k^T / sqrt(D) + mask) v by ``minilm.torch.attention`` (the NumPy code's twin);
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (``enable_gqa=True``);
-- ``"triton"``: ``minilm.kernels.flash_attention`` (imported on first use). The kernel only
-  has top-left causal masking with L == S, so a KV-cache step with 1 < T_new and cached keys
-  (a chunked prefill) runs through ``"sdpa"`` with an explicit mask instead.
+- ``"triton"``: ``minilm.kernels.flash_attention`` (imported when a ``TransformerLM`` with it is
+  built, or on first use). The kernel only has top-left causal masking with L == S, so a
+  KV-cache step with 1 < T_new and cached keys (a chunked prefill) runs through ``"sdpa"``
+  with an explicit mask instead.
 
 Dropout (``p = config.dropout``) is applied, in training mode only, to the output of each
 residual branch (attention and MLP), as the config describes; the NumPy layers have none.
+
+``check_targets`` is the twin of the NumPy models' target check (``minilm.numpy.layers``):
+both PyTorch models validate their targets with it, so a bad target is the same ValueError
+in both frameworks (torch's own ``cross_entropy`` would give an IndexError, or silently cast
+float targets). ``check_triton_head_dim`` tells at construction whether the Triton kernel
+covers the model's head dim.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +50,7 @@ from torch import nn
 from minilm.torch.attention import merge_heads, scaled_dot_product_attention, split_heads
 
 __all__ = ["ATTENTION_BACKENDS", "Embedding", "Linear", "gelu", "MLP", "KVCacheLayer",
-           "CausalSelfAttention", "Block"]
+           "CausalSelfAttention", "Block", "check_targets", "check_triton_head_dim"]
 
 ATTENTION_BACKENDS = ("naive", "sdpa", "triton")
 
@@ -108,6 +117,19 @@ def _triton_flash_attention():
             'attention="sdpa"'
         ) from exc
     return flash_attention
+
+
+def check_triton_head_dim(d_model: int, n_head: int) -> None:
+    """ValueError unless the Triton kernel covers D = d_model / n_head (its MIN_HEAD_DIM ..
+    MAX_HEAD_DIM, read from ``minilm.kernels.flash_attention``, which this imports)."""
+    _triton_flash_attention()  # the clear error if the kernels cannot be imported
+    kernel = importlib.import_module("minilm.kernels.flash_attention")
+    D = d_model // n_head
+    if not kernel.MIN_HEAD_DIM <= D <= kernel.MAX_HEAD_DIM:
+        raise ValueError(
+            f'attention="triton": head dim D = d_model / n_head = {d_model} / {n_head} = {D} is '
+            f"outside the kernel's [{kernel.MIN_HEAD_DIM}, {kernel.MAX_HEAD_DIM}]; change d_model "
+            'or n_head, or use attention="sdpa"')
 
 
 class CausalSelfAttention(nn.Module):
@@ -184,3 +206,21 @@ class Block(nn.Module):
         # x = x + mlp(ln2(x))
         x = x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
         return x  # (B, T, C)
+
+
+def check_targets(targets: Any, shape: tuple[int, ...], vocab_size: int, ignore_index: int = -100,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """targets as a long tensor of ``shape`` (B, T) on ``device``, each in [0, V) or
+    ``ignore_index``; otherwise a ValueError naming the dtype, the shapes or (up to five of)
+    the bad values. NumPy arrays and lists are accepted."""
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.as_tensor(np.asarray(targets))
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(shape):
+        raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(shape)}")
+    bad = targets[(targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))]  # (n_bad,)
+    if bad.numel():
+        raise ValueError(f"targets must be in [0, {vocab_size}) or ignore_index={ignore_index}, "
+                         f"got {bad[:5].tolist()}")
+    return targets.to(device=device, dtype=torch.long)

@@ -31,7 +31,15 @@ from torch import nn
 
 from minilm.config import TransformerConfig
 from minilm.numpy.transformer import init_params
-from minilm.torch.layers import ATTENTION_BACKENDS, Block, Embedding, KVCacheLayer, Linear
+from minilm.torch.layers import (
+    ATTENTION_BACKENDS,
+    Block,
+    Embedding,
+    KVCacheLayer,
+    Linear,
+    check_targets,
+    check_triton_head_dim,
+)
 
 __all__ = ["TransformerLM", "KVCache"]
 
@@ -91,7 +99,8 @@ class TransformerLM(nn.Module):
     Args:
         config: the model's shape.
         seed: the NumPy initialisation's seed (``init_params(config, seed)``).
-        attention: ``"naive"``, ``"sdpa"`` (default) or ``"triton"``.
+        attention: ``"naive"``, ``"sdpa"`` (default) or ``"triton"``; ``"triton"`` needs a head
+            dim D = d_model / n_head in [8, 128] (ValueError here otherwise).
     """
 
     def __init__(self, config: TransformerConfig, seed: int = 0, attention: str = "sdpa") -> None:
@@ -100,6 +109,9 @@ class TransformerLM(nn.Module):
             raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        if attention == "triton":
+            # now rather than at the first forward (this imports minilm.kernels; nothing else does)
+            check_triton_head_dim(config.d_model, config.n_head)
         self.config = config
         self.attention = attention
         self.tok_emb = Embedding(config.vocab_size, config.d_model)
@@ -171,8 +183,7 @@ class TransformerLM(nn.Module):
     def loss(self, idx: Any, targets: Any, ignore_index: int = -100) -> torch.Tensor:
         """Mean cross-entropy (nats) of the next-token predictions, differentiable."""
         logits = self.forward(idx)  # (B, T, V)
-        targets = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(np.asarray(targets))
-        if tuple(targets.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(logits.shape[:2])}")
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                               targets.to(logits.device, torch.long).reshape(-1), ignore_index=ignore_index)
+        targets = check_targets(targets, logits.shape[:2], self.config.vocab_size, ignore_index,
+                                logits.device)  # (B, T)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=ignore_index)
