@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import minilm.numpy.lstm as np_lstm
 from minilm.config import LSTMConfig
 from minilm.numpy.lstm import (
+    GATES,
     LSTMLM,
+    gate_slices,
     init_params,
     lstm_backward,
     lstm_cell_backward,
@@ -236,6 +239,27 @@ def test_explicit_loop_matches_torch_nn_lstm(rng):
         assert_close(p.grad, q.grad, **F64, name=k)
 
 
+def test_gate_order_is_read_from_one_place(rng, monkeypatch):
+    """Both twins split the 4H axis with ``gate_slices``, i.e. by ``GATES``: permuting GATES
+    changes both twins alike (forward AND the hand-written backward still agree with
+    autograd) and moves them off torch.nn.LSTM's layout (so the constant really is used)."""
+    assert GATES == ("i", "f", "g", "o")  # torch.nn.LSTM's layout
+    assert gate_slices(2) == {"i": slice(0, 2), "f": slice(2, 4), "g": slice(4, 6), "o": slice(6, 8)}
+    cfg = _tiny(n_layer=2)
+    m = LSTMLM(cfg, seed=6, dtype=np.float64)
+    t = _torch_twin(m)
+    idx, targets = rng.integers(0, cfg.vocab_size, (2, 5)), rng.integers(0, cfg.vocab_size, (2, 5))
+    torch_order, _ = m.forward(idx)
+    monkeypatch.setattr(np_lstm, "GATES", ("o", "g", "i", "f"))
+    logits, _ = m.forward(idx)
+    assert not np.allclose(logits, torch_order)
+    assert_close(logits, t(idx)[0], **F64, name="permuted gates: logits")
+    _, grads = m.loss_and_grads(idx, targets)
+    t.loss(idx, targets).backward()
+    for k, p in t.named_parameters():
+        assert_close(grads[k], p.grad, **F64, name=f"permuted gates: {k}")
+
+
 def test_carried_state_equals_whole_sequence(rng):
     """Two halves with the state carried across give the logits and state of the whole."""
     cfg = _tiny(n_layer=2)
@@ -320,6 +344,32 @@ def test_param_names_shapes_and_init():
         np.testing.assert_array_equal(f.state_dict()[name].numpy(), p32[name])
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_loads_half_precision_tensors(rng, half, dtype):
+    """bfloat16 (no NumPy twin) and float16 state dicts and states load into the NumPy model,
+    every value the widened tensor's."""
+    cfg = _tiny(n_layer=2)
+    src = LSTMLM(cfg, seed=1, dtype=np.float64)
+    for v in src.params.values():
+        v += rng.standard_normal(v.shape)
+    sd = {k: torch.as_tensor(v).to(half) for k, v in src.state_dict().items()}
+    m = LSTMLM(cfg, seed=2, dtype=dtype)
+    m.load_state_dict(sd)
+    for k, t in sd.items():
+        assert m.params[k].dtype == dtype
+        assert np.array_equal(m.params[k], t.double().numpy()), k  # widening is exact
+    # and from a half-precision torch model, and a half-precision state
+    t = TorchLSTMLM(cfg, seed=3).to(half)
+    m.load_state_dict(t.state_dict())
+    assert np.array_equal(m.params["lstm.weight_hh_l1"], t.lstm.weight_hh_l1.detach().double().numpy())
+    idx = rng.integers(0, cfg.vocab_size, (2, 3))
+    state = tuple(torch.as_tensor(rng.standard_normal((2, 2, 4))).to(half) for _ in range(2))
+    logits, _ = m.forward(idx, state)
+    expected, _ = m.forward(idx, tuple(s.double().numpy() for s in state))
+    np.testing.assert_array_equal(logits, expected)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_state_dict_round_trip_lossless(dtype):
     cfg = _tiny(tie=True)
@@ -396,6 +446,26 @@ def test_bad_inputs(framework):
         m.forward(good, h)
     with pytest.raises(ValueError, match=r"targets shape \(2, 2\)"):
         m.loss(good, good[:, :2])
+    # bad targets: the same ValueError in both twins (torch's own cross_entropy would raise an
+    # IndexError for 7 and silently cast float targets)
+    with pytest.raises(ValueError, match=r"targets must be in \[0, 7\) or ignore_index=-100, got \[7\]"):
+        m.loss(good, np.array([[0, 7, -100], [1, 2, 3]]))
+    with pytest.raises(ValueError, match=r"\[0, 7\) or ignore_index=-100, got \[-1, 9\]"):
+        m.loss(good, np.array([[-1, 0, 0], [0, 9, 0]]))
+    with pytest.raises(ValueError, match=r"\[0, 7\) or ignore_index=0, got \[-100\]"):
+        m.loss(good, np.array([[-100, 0, 0], [0, 0, 0]]), ignore_index=0)
+    with pytest.raises(ValueError, match="targets must hold integer token ids, got dtype .*float"):
+        m.loss(good, good.astype(np.float32))
+    if framework == "torch":
+        with pytest.raises(ValueError, match=r"got \[7, 7\]"):
+            m.loss(torch.tensor(good), torch.tensor(good + 7 * np.eye(2, 3, dtype=np.int64)))
+        with pytest.raises(ValueError, match="dtype torch.float64"):
+            m.loss(torch.tensor(good), torch.tensor(good, dtype=torch.float64))
+    else:
+        with pytest.raises(ValueError, match=r"\[0, 7\).*got \[7, 7\]"):
+            m.loss_and_grads(good, good + 7 * np.eye(2, 3, dtype=np.int64))
+    ok = m.loss(good, np.array([[0, 6, -100], [1, 2, 3]]))  # in range and an ignored position
+    assert np.isfinite(ok.item() if framework == "torch" else ok)
     sd = m.state_dict()
     with pytest.raises(ValueError, match=r"missing keys \['head.bias'\]"):
         m.load_state_dict({k: v for k, v in sd.items() if k != "head.bias"})

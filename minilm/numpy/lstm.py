@@ -1,7 +1,8 @@
 """A multi-layer LSTM language model in NumPy, with back-propagation through time by hand.
 
 One LSTM cell step, for input x_t (B, C_in) and state (h_{t-1}, c_{t-1}) each (B, H), with
-the gates in torch's order i, f, g, o (input, forget, cell candidate, output)::
+the gates in torch's order i, f, g, o (input, forget, cell candidate, output; ``GATES`` below,
+the one place both twins read it from, through ``gate_slices``)::
 
     i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
     f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
@@ -65,15 +66,19 @@ import numpy as np
 
 from minilm.config import LSTMConfig
 from minilm.numpy.layers import (
+    check_targets,
     cross_entropy_backward,
     cross_entropy_forward,
     embedding_backward,
     embedding_forward,
     linear_backward,
     linear_forward,
+    to_numpy,
 )
 
 __all__ = [
+    "GATES",
+    "gate_slices",
     "LSTMLM",
     "init_params",
     "param_shapes",
@@ -88,10 +93,32 @@ __all__ = [
 
 EMB_INIT = 0.1  # emb.weight, head.weight ~ U(-0.1, 0.1)
 
+# The order of the four H-row blocks of weight_ih, weight_hh, bias_ih, bias_hh (and so of the
+# pre-activations a and the gates): torch.nn.LSTM's. Both twins split the 4H axis with
+# gate_slices, so this line is the only place the order is written.
+GATES = ("i", "f", "g", "o")  # input, forget, cell candidate, output
+
+
+def gate_slices(H: int) -> dict[str, slice]:
+    """Where each gate sits along the 4H axis, in ``GATES`` order.
+
+    >>> gate_slices(3)["g"]
+    slice(6, 9, None)
+    """
+    return {name: slice(k * H, (k + 1) * H) for k, name in enumerate(GATES)}
+
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
     """sigma(a) = 1 / (1 + exp(-a)), computed as 0.5 * (1 + tanh(a / 2)) (no overflow)."""
     return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+def _sigmoid_(a: np.ndarray) -> None:
+    """a <- sigmoid(a), in place (the same operations, so the same bits, without temporaries)."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a += 1.0
+    a *= 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,17 +130,18 @@ def _step_forward(ax: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, W_hh_T
                   gates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One step given ax = W_ih x_t + b_ih + b_hh (B, 4H) and W_hh^T (H, 4H), contiguous (a
     transposed view would make every step's matrix product slower); writes [i, f, g, o] into
-    ``gates``. Returns h_t, c_t, tanh(c_t), each (B, H).
+    ``gates`` (in ``GATES`` order). Returns h_t, c_t, tanh(c_t), each (B, H).
     """
-    H = h_prev.shape[-1]
+    at = gate_slices(h_prev.shape[-1])
     # a = (W_ih x_t + b_ih + b_hh) + W_hh h_{t-1}
     np.matmul(h_prev, W_hh_T, out=gates)  # (B, 4H)
     gates += ax
-    # i, f = sigma(a_i), sigma(a_f);  g = tanh(a_g);  o = sigma(a_o)
-    gates[:, : 2 * H] = sigmoid(gates[:, : 2 * H])
-    np.tanh(gates[:, 2 * H : 3 * H], out=gates[:, 2 * H : 3 * H])
-    gates[:, 3 * H :] = sigmoid(gates[:, 3 * H :])
-    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    i, f, g, o = gates[:, at["i"]], gates[:, at["f"]], gates[:, at["g"]], gates[:, at["o"]]  # (B, H) views
+    # i, f, o = sigma(a_i), sigma(a_f), sigma(a_o);  g = tanh(a_g)   (in place: a becomes the gates)
+    _sigmoid_(i)
+    _sigmoid_(f)
+    np.tanh(g, out=g)
+    _sigmoid_(o)
     # c_t = f_t * c_{t-1} + i_t * g_t
     c = f * c_prev + i * g  # (B, H)
     # h_t = o_t * tanh(c_t)
@@ -129,18 +157,18 @@ def _step_backward(dh: np.ndarray, dc: np.ndarray, gates: np.ndarray, c_prev: np
     Returns da = dL/da (B, 4H) (pre-activations, in [i, f, g, o] order) and dL/dc_{t-1}.
     The caller gets dL/dh_{t-1} = da W_hh and dL/dx_t = da W_ih from da.
     """
-    H = dh.shape[-1]
-    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    at = gate_slices(dh.shape[-1])
+    i, f, g, o = gates[:, at["i"]], gates[:, at["f"]], gates[:, at["g"]], gates[:, at["o"]]  # (B, H) each
     # h_t = o_t * tanh(c_t):  do = dh * tanh(c_t);  dc += dh * o_t * (1 - tanh(c_t)^2)
     do = dh * tanh_c
     dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
     da = np.empty_like(gates)  # (B, 4H)
     # c_t = f_t * c_{t-1} + i_t * g_t:  di = dc * g;  df = dc * c_{t-1};  dg = dc * i
     # and through the nonlinearities: sigma' = s (1 - s), tanh' = 1 - t^2
-    da[:, :H] = dc * g * i * (1.0 - i)
-    da[:, H : 2 * H] = dc * c_prev * f * (1.0 - f)
-    da[:, 2 * H : 3 * H] = dc * i * (1.0 - g * g)
-    da[:, 3 * H :] = do * o * (1.0 - o)
+    da[:, at["i"]] = dc * g * i * (1.0 - i)
+    da[:, at["f"]] = dc * c_prev * f * (1.0 - f)
+    da[:, at["g"]] = dc * i * (1.0 - g * g)
+    da[:, at["o"]] = do * o * (1.0 - o)
     # dL/dc_{t-1} = dc * f_t
     dc_prev = dc * f
     return da, dc_prev
@@ -373,10 +401,7 @@ class LSTMLM:
         for k in expected:
             if k not in state_dict:
                 continue
-            v = state_dict[k]
-            if hasattr(v, "detach"):  # a torch.Tensor, without importing torch
-                v = v.detach().cpu().numpy()
-            v = np.asarray(v)
+            v = to_numpy(state_dict[k])  # torch tensors too, half precision widened exactly
             if v.shape != expected[k].shape:
                 bad_shapes.append(f"{k}: expected {expected[k].shape}, got {v.shape}")
             arrays[k] = v
@@ -412,9 +437,7 @@ class LSTMLM:
         expected = (self.config.n_layer, batch_size, self.config.d_hidden)
         out = []
         for name, s in zip("hc", state):
-            if hasattr(s, "detach"):
-                s = s.detach().cpu().numpy()
-            s = np.asarray(s)
+            s = to_numpy(s)
             if s.shape != expected:
                 raise ValueError(f"state {name} must have shape (n_layer, B, d_hidden) = {expected}, "
                                  f"got {s.shape}")
@@ -457,18 +480,10 @@ class LSTMLM:
     def loss(self, idx: Any, targets: Any, state: Any = None, ignore_index: int = -100) -> float:
         """Mean cross-entropy (nats) of the next-token predictions, without gradients."""
         idx = _check_idx(idx, self.config.vocab_size)
-        targets = self._check_targets(targets, idx)
+        targets = check_targets(targets, idx.shape, self.config.vocab_size, ignore_index)
         logits, _, _ = self._forward(idx, self._check_state(state, idx.shape[0]))
         loss, _ = cross_entropy_forward(logits, targets.T, ignore_index)
         return loss
-
-    def _check_targets(self, targets: Any, idx: np.ndarray) -> np.ndarray:
-        targets = np.asarray(targets)
-        if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.integer):
-            raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets shape {targets.shape} must equal idx shape {idx.shape}")
-        return targets
 
     def loss_and_grads(self, idx: Any, targets: Any, state: Any = None, ignore_index: int = -100,
                        return_state: bool = False
@@ -483,7 +498,7 @@ class LSTMLM:
         embedding's and the head's gradients. Targets equal to ``ignore_index`` are not counted.
         """
         idx = _check_idx(idx, self.config.vocab_size)
-        targets = self._check_targets(targets, idx)
+        targets = check_targets(targets, idx.shape, self.config.vocab_size, ignore_index)
         state = self._check_state(state, idx.shape[0])
         logits, new_state, (c_emb, c_lstm, c_head) = self._forward(idx, state)  # (T, B, V)
         # the loss is a mean over all counted positions: time-major order changes nothing

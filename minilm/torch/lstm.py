@@ -1,7 +1,8 @@
 """A multi-layer LSTM language model in PyTorch: the twin of ``minilm.numpy.lstm``.
 
-The same equations, gate order (i, f, g, o, torch's), parameter names and shapes as the
-NumPy model; autograd supplies the backward (back-propagation through time)::
+The same equations, gate order (i, f, g, o, torch's: ``minilm.numpy.lstm.GATES``, split
+with its ``gate_slices`` here too), parameter names and shapes as the NumPy model; autograd
+supplies the backward (back-propagation through time)::
 
     a   = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh            # (B, 4H), [i, f, g, o] blocks
     i_t, f_t, o_t = sigma(a_i), sigma(a_f), sigma(a_o);  g_t = tanh(a_g)
@@ -45,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilm.config import LSTMConfig
-from minilm.numpy.lstm import init_params
-from minilm.torch.layers import Embedding
+from minilm.numpy.lstm import gate_slices, init_params
+from minilm.torch.layers import Embedding, check_targets
 
 __all__ = ["LSTMLM", "LSTM", "lstm_cell"]
 
@@ -56,7 +57,8 @@ def lstm_cell(ax: torch.Tensor, h_prev: torch.Tensor, c_prev: torch.Tensor,
     """One step given ax = W_ih x_t + b_ih + b_hh (B, 4H) and h_prev, c_prev (B, H) -> h, c (B, H)."""
     # a = (W_ih x_t + b_ih + b_hh) + W_hh h_{t-1}
     a = ax + h_prev @ W_hh.T  # (B, 4H)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)  # (B, H) each
+    at = gate_slices(h_prev.shape[-1])
+    a_i, a_f, a_g, a_o = a[..., at["i"]], a[..., at["f"]], a[..., at["g"]], a[..., at["o"]]  # (B, H) each
     # i, f, o = sigma(a_i), sigma(a_f), sigma(a_o);  g = tanh(a_g)
     i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
     # c_t = f_t * c_{t-1} + i_t * g_t
@@ -225,10 +227,7 @@ class LSTMLM(nn.Module):
     def loss(self, idx: Any, targets: Any, state: Any = None, ignore_index: int = -100) -> torch.Tensor:
         """Mean cross-entropy (nats) of the next-token predictions, differentiable."""
         logits, _ = self.forward(idx, state)  # (B, T, V)
-        targets = _to_tensor(targets)
-        if tuple(targets.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape "
-                             f"{tuple(logits.shape[:2])}")
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                               targets.to(logits.device, torch.long).reshape(-1),
+        targets = check_targets(targets, logits.shape[:2], self.config.vocab_size, ignore_index,
+                                logits.device)  # (B, T)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=ignore_index)
