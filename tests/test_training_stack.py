@@ -9,6 +9,8 @@ BPTT) and, in float64, give the same loss at every one of 20 steps and the same 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -135,9 +137,21 @@ def test_train_step_benchmark_checks_and_runs(capsys):
     spec = importlib.util.spec_from_file_location("bench_train_step", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--repeats", "1", "--warmup", "0", "--batch", "2", "--window", "8"]) == 0
+    tiny = ["--repeats", "1", "--warmup", "0", "--batch", "2", "--window", "8"]
+    # a target no step can miss: PASS for both models, and --strict is content
+    bench.TARGET_RATIO = float("inf")
+    assert bench.main(tiny + ["--strict"]) == 0
     out = capsys.readouterr().out
     assert out.count(": ok") == 4 and "MISMATCH" not in out
     assert out.count("numpy/torch =") == 4
+    final = out.strip().splitlines()[-2:]  # one verdict line per model, last in the output
+    assert [line.split()[0] for line in final] == ["transformer", "lstm"], final
+    assert all(re.search(r"numpy/torch\[(sdpa|loop)\] = +\d+\.\d\dx +PASS$", line) for line in final), final
+    # a target every step misses: MISS for both; only --strict turns that into exit status 1
+    bench.TARGET_RATIO = 0.0
+    assert bench.main(tiny + ["--models", "lstm"]) == 0
+    assert capsys.readouterr().out.strip().endswith("MISS")
+    assert bench.main(tiny + ["--models", "lstm", "--strict"]) == 1
+    assert capsys.readouterr().out.strip().endswith("MISS")
     with pytest.raises(SystemExit):
         bench.main(["--models", "rnn"])
