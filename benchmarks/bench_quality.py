@@ -28,10 +28,13 @@ import time
 from pathlib import Path
 
 TARGETS = {"shakespeare-char": 1.88, "shakespeare-char-lstm": 1.90}
-SHARED_COPY = Path("/work/shared/data/tinyshakespeare.txt")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# a copy next to the checkout: <repo>/../shared/data/tinyshakespeare.txt
+SHARED_COPY = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def _default_data() -> str:
+    """The shared copy beside the repository if there is one, else the named corpus."""
     if SHARED_COPY.is_file():
         return str(SHARED_COPY)
     return "tinyshakespeare"  # load_corpus downloads it once, checks its SHA-256 and caches it
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Validation loss and wall time of the shakespeare-char Transformer and LSTM "
                     "presets against nanoGPT's laptop run (val loss 1.88 in ~2 minutes).")
     p.add_argument("--data", default=None,
-                   help="tinyshakespeare text file (default: the shared copy, else download)")
+                   help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt "
+                        "beside the repository, else the cached or downloaded corpus)")
     p.add_argument("--which", choices=["transformer", "lstm", "both"], default="both")
     p.add_argument("--budget", type=float, default=120.0,
                    help="wall-time budget in seconds: nanoGPT's run on this machine (default 120)")

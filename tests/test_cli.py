@@ -180,3 +180,25 @@ def test_train_without_matplotlib_names_no_loss_png(tmp_path, monkeypatch, capsy
     folder_line = next(line for line in printed.splitlines() if line.startswith("run folder:"))
     assert "log.jsonl" in folder_line and "loss.png" not in folder_line
     assert not (out / "loss.png").exists()
+
+
+def test_strict_benchmarks_exit_1_on_a_missed_target(tmp_path, monkeypatch, capsys):
+    """--strict turns a printed MISS/FAIL into exit 1. The targets are raised out of reach so
+    the outcome does not depend on this machine's speed; tiny sizes keep it fast."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gen = importlib.import_module("bench_generate")
+    tok = importlib.import_module("bench_tokenizer")
+    monkeypatch.setattr(gen, "TARGET_SPEEDUP", float("inf"))
+    monkeypatch.setattr(tok, "TARGET_ENCODE_MB_S", float("inf"))
+    g = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context", "16", "--vocab", "11",
+         "--prompt", "2", "--new-tokens", "3", "--repeats", "1", "--twins", "numpy"]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat; the dog sat on the log.\n" * 40)
+    t = ["--corpus", str(corpus), "--vocab-size", "270", "--repeats", "1", "--small-chars", "500",
+         "--small-merges", "5"]
+    assert gen.main(g) == 0 and gen.main([*g, "--strict"]) == 1
+    assert tok.main(t) == 0 and tok.main([*t, "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSES" in out and "FAIL" in out
