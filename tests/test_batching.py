@@ -164,3 +164,91 @@ def test_padded_attention_equals_attention_on_each_sequence_alone(rng):
         alone = _attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
                            np.tril(np.ones((n, n), dtype=bool)))
         assert_close(out[b:b + 1, :, :n], alone, atol=1e-12, rtol=1e-12, name=f"sequence {b}")
+
+
+# ---- padding end to end: the models' losses on a padded batch ------------------------------------
+PAD_MODELS = ["numpy-transformer", "numpy-lstm", "torch-transformer-naive", "torch-transformer-sdpa",
+              "torch-lstm", "torch-lstm-fused"]
+
+
+def _padding_model(name: str, V: int):
+    """(loss_and_grads(x, y) -> (float, {key: float64 array}), model) for one of PAD_MODELS,
+    float64, every twin holding the NumPy init of seed 0."""
+    from minilm.config import LSTMConfig, TransformerConfig
+
+    kind = "transformer" if "transformer" in name else "lstm"
+    if kind == "transformer":
+        from minilm.numpy.transformer import TransformerLM
+
+        config = TransformerConfig(vocab_size=V, context_length=8, d_model=16, n_layer=2, n_head=2)
+    else:
+        from minilm.numpy.lstm import LSTMLM as TransformerLM  # (the NumPy model of this kind)
+
+        config = LSTMConfig(vocab_size=V, d_embed=8, d_hidden=12, n_layer=2)
+    ref = TransformerLM(config, seed=0, dtype=np.float64)
+    if name.startswith("numpy"):
+        return lambda x, y: ref.loss_and_grads(x, y, ignore_index=-100)
+    torch = pytest.importorskip("torch")
+    from minilm.torch.functional import cross_entropy
+
+    if kind == "transformer":
+        from minilm.torch.transformer import TransformerLM as TorchLM
+
+        model = TorchLM(config, seed=0, attention=name.rsplit("-", 1)[1])
+    else:
+        from minilm.torch.lstm import LSTMLM as TorchLM
+
+        model = TorchLM(config, seed=0, fused=name.endswith("fused"))
+    model = model.to(torch.float64)
+    model.load_state_dict(ref.state_dict())
+
+    def loss_and_grads(x, y):
+        out = model(torch.from_numpy(x))
+        logits = out[0] if isinstance(out, tuple) else out  # the LSTM also returns its state
+        loss = cross_entropy(logits, torch.from_numpy(y), ignore_index=-100)
+        names, params = zip(*model.named_parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.item(), {k: (np.zeros(p.shape) if g is None else g.numpy())
+                             for k, p, g in zip(names, params, grads)}
+
+    return loss_and_grads
+
+
+@pytest.mark.parametrize("name", PAD_MODELS)
+def test_padded_batch_loss_is_the_token_weighted_mean_of_the_sequences_losses(name, rng):
+    """Variable-length sequences padded with ``pad_batch``: the model's mean loss over the
+    counted targets (``ignore_index`` at padding) equals sum_b n_b L_b / sum_b n_b, where
+    L_b is the loss of sequence b alone (unpadded) and n_b = len_b - 1 its number of
+    targets; and so do the gradients. Float64, tolerance 1e-12.
+
+    The models take no attention mask, and need none: padding is on the right and attention
+    is causal, so a real token at position t attends only to positions <= t, which are all
+    real; the LSTM's state at t likewise depends only on tokens <= t. The padded positions'
+    outputs are garbage, and ``ignore_index`` drops exactly them (and each sequence's last
+    token, which has nothing to predict). ``pad_batch``'s mask is for attention that does see
+    padded keys (``causal_key_mask``; tested above). A sequence of length 1 has no targets:
+    it adds nothing (and is skipped when scored alone, whose mean would be 0/0)."""
+    V, pad_id = 13, 12
+    lengths = [7, 3, 1, 8, 5]
+    seqs = [rng.integers(0, V - 1, size=n) for n in lengths]
+    loss_and_grads = _padding_model(name, V)
+    x, y, _ = pad_batch(seqs, pad_id=pad_id)  # (B, T) each, T = 8
+    loss, grads = loss_and_grads(x, y)
+    n = np.array(lengths) - 1  # targets per sequence
+    want_loss, want_grads = 0.0, {k: np.zeros_like(g) for k, g in grads.items()}
+    for s, n_b in zip(seqs, n):
+        if n_b == 0:
+            continue
+        l_b, g_b = loss_and_grads(s[None, :-1].astype(np.int64), s[None, 1:].astype(np.int64))  # (1, n_b)
+        # L = sum_b n_b L_b / sum_b n_b, and the same weights for the gradients
+        want_loss += n_b * float(l_b) / n.sum()
+        for k in want_grads:
+            want_grads[k] += n_b * np.asarray(g_b[k]) / n.sum()
+    assert_close(np.array(float(loss)), np.array(want_loss), atol=1e-12, rtol=1e-12, name="loss")
+    for k, g in grads.items():
+        assert_close(np.asarray(g), want_grads[k], atol=1e-12, rtol=1e-10, name=k)
+    # and the weighting matters: the plain mean of the sequences' losses is another number
+    # (a fresh model is near uniform, so only by ~1e-4 here, but far outside the 1e-12 above)
+    plain = np.mean([loss_and_grads(s[None, :-1].astype(np.int64), s[None, 1:].astype(np.int64))[0]
+                     for s, n_b in zip(seqs, n) if n_b])
+    assert abs(float(loss) - plain) > 1e-8
