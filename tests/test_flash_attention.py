@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tracemalloc
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -364,6 +365,96 @@ def test_score_matrix_is_never_materialised():
     assert peak < full / 16, f"forward peak {peak / 2**20:.2f} MiB"
     peak = _peak_bytes(lambda: flash_attention(q, k, v, is_causal=True, block_q=64, block_k=64))
     assert peak < full / 16, f"causal forward peak {peak / 2**20:.2f} MiB"
+
+
+def test_forward_peak_memory_grows_with_L_not_with_S():
+    """Fixed L = 256, S from 512 to 2048 (4x): the forward's peak stays put; L 4x: it grows
+    by the output and lse rows it adds, (3 * 256) * (Dv + 1) * 8 bytes = 102 KiB, not by
+    L * S (a (256, 2048) float64 score matrix alone would be 4 MiB)."""
+    rng = np.random.default_rng(0)
+    D = Dv = 16
+
+    def peak(L, S, is_causal):
+        q, k, v = make_qkv(rng, (1,), L, S, D)
+        return _peak_bytes(lambda: flash_attention(q, k, v, is_causal=is_causal))
+
+    for is_causal in (False, True):
+        small, large = peak(256, 512, is_causal), peak(256, 2048, is_causal)
+        assert large <= small * 1.1, f"S 512 -> 2048: peak {small} -> {large} bytes"
+        rows = peak(1024, 512, is_causal) - small
+        added = (1024 - 256) * (Dv + 1) * 8  # the new rows of out (L, Dv) and lse (L,)
+        assert 0.9 * added <= rows <= 2 * added, f"L 256 -> 1024: peak grew by {rows} bytes"
+
+
+class _LiveTensorBytes(torch.overrides.TorchFunctionMode):
+    """Peak bytes of the tensors that torch calls return while this mode is on, alive at once.
+
+    torch's CPU allocations are invisible to tracemalloc, so this counts tensors instead:
+    each storage a torch function or tensor method returns (other than the given inputs') is
+    added when first seen and taken off when the last Python tensor on it is freed. It cannot
+    see scratch memory inside one op, nor tensors that only C++ holds (autograd's saved
+    tensors), so it is used under no_grad, where the Python tensors are all there is.
+    """
+
+    def __init__(self, *inputs):
+        super().__init__()
+        self.inputs = {x.untyped_storage().data_ptr() for x in inputs}
+        self.live = {}  # storage address -> [bytes, number of live tensors on it]
+        self.now = self.peak = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for t in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return result
+
+    def _track(self, t):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.inputs or storage.nbytes() == 0:
+            return
+        if key not in self.live:
+            self.live[key] = [storage.nbytes(), 0]
+            self.now += storage.nbytes()
+            self.peak = max(self.peak, self.now)
+        self.live[key][1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key):
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[key]
+            self.now -= entry[0]
+
+
+def test_torch_twin_forward_without_grad_holds_tiles_not_the_score_matrix():
+    """The torch twin under no_grad, counted by _LiveTensorBytes: flat in S, far below L * S.
+
+    The instrument is checked first: the plain q @ k^T must show its (L, S) matrix, and
+    everything must be released once the results are dropped.
+    """
+    g = torch.Generator().manual_seed(0)
+    L, D = 256, 16
+
+    def peak(S, is_causal):
+        q, k, v = (torch.randn(1, n, D, generator=g, dtype=torch.float64) for n in (L, S, S))
+        with torch.no_grad(), _LiveTensorBytes(q, k, v) as counter:
+            out, lse = torch_flash_attention(q, k, v, is_causal=is_causal)
+            del out, lse
+        assert counter.now == 0, counter.live
+        return counter.peak
+
+    q, k = torch.zeros(1, L, D, dtype=torch.float64), torch.zeros(1, 2048, D, dtype=torch.float64)
+    with torch.no_grad(), _LiveTensorBytes(q, k) as counter:
+        scores = q @ k.transpose(-1, -2)
+        del scores
+    assert counter.peak >= L * 2048 * 8 and counter.now == 0  # the instrument works
+    for is_causal in (False, True):
+        small, large = peak(512, is_causal), peak(2048, is_causal)
+        assert large <= small * 1.1, f"S 512 -> 2048: peak {small} -> {large} bytes"
+        assert large < L * 2048 * 8 / 16, f"peak {large} bytes"
 
 
 def test_backward_never_materialises_the_score_matrix():
