@@ -4,7 +4,8 @@ and the PyTorch twin.
 Independent references: ``torch.softmax``, ``torch.log_softmax`` and
 ``torch.nn.functional.cross_entropy`` in float64 (which put the class axis at dim 1, so the
 tests move ours there), torch autograd for the gradients, and central finite differences
-(``minilm.testing.check_grad``) for the hand-written NumPy backward helpers.
+(``minilm.testing.check_grad``) for the hand-written NumPy backward helpers. Hypothesis
+draws logits anywhere in [-1e4, 1e4] over random shapes and axes: everything stays finite.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from minilm.numpy import functional as nf  # noqa: E402
 from minilm.testing import assert_close, check_grad  # noqa: E402
@@ -194,6 +199,62 @@ def test_torch_twin_autograd_on_huge_logits_is_finite(rng):
     ref = torch.tensor(x.detach().numpy(), requires_grad=True)
     torch.log_softmax(ref, -1).sum().backward()
     assert_close(x.grad, ref.grad, **TOL)
+
+
+# ----------------------------------------------------------------------------- properties
+
+# float64 logits anywhere in [-1e4, 1e4], any shape of 1 to 4 dims: hypothesis likes the
+# bounds themselves and arrays of one repeated value, so ties at +-1e4 come up too
+LOGITS = hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6),
+                    elements=st.floats(-1e4, 1e4))
+
+
+@st.composite
+def logits_and_axis(draw):
+    x = draw(LOGITS)
+    return x, draw(st.integers(-x.ndim, x.ndim - 1))
+
+
+@given(logits_and_axis())
+def test_property_softmax_and_log_softmax_finite_and_equal_to_torch(problem):
+    x, axis = problem
+    tx = torch.from_numpy(x)
+    want_p, want_lp = torch.softmax(tx, dim=axis), torch.log_softmax(tx, dim=axis)
+    for name, p, lp in (("numpy", nf.softmax(x, axis), nf.log_softmax(x, axis)),
+                        ("torch twin", tf.softmax(tx, axis), tf.log_softmax(tx, axis))):
+        p, lp = np.asarray(p), np.asarray(lp)
+        assert np.isfinite(p).all() and np.isfinite(lp).all(), name
+        assert_close(p.sum(axis=axis), np.ones(np.delete(x.shape, axis % x.ndim)), **TOL,
+                     name=f"{name} softmax sums to 1")
+        assert_close(p, want_p, **TOL, name=f"{name} softmax")
+        # log-probabilities reach -2e4, where one rounding of x - m is ~4e-12
+        assert_close(lp, want_lp, atol=1e-10, rtol=1e-12, name=f"{name} log_softmax")
+
+
+@given(LOGITS, st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_property_cross_entropy_finite_and_equal_to_torch(logits, ignore_frac, seed):
+    """Loss and gradient of both twins against F.cross_entropy and its autograd."""
+    rng = np.random.default_rng(seed)
+    V = logits.shape[-1]
+    targets = make_targets(rng, logits.shape[:-1], V, ignore_frac)
+    tl = torch.tensor(logits, requires_grad=True)
+    want = F.cross_entropy(tl.reshape(-1, V), torch.from_numpy(targets).reshape(-1))
+    want.backward()
+    tl_twin = torch.tensor(logits, requires_grad=True)
+    got_twin = tf.cross_entropy(tl_twin, torch.from_numpy(targets))
+    got_twin.backward()
+    got = nf.cross_entropy(logits, targets)
+    dlogits = nf.cross_entropy_backward(logits, targets)
+    if (targets == -100).all():  # a mean over nothing: nan, as torch (tested above)
+        assert math.isnan(want.item()) and math.isnan(float(got)) and math.isnan(got_twin.item())
+        return
+    assert np.isfinite(got) and math.isfinite(got_twin.item())
+    assert np.isfinite(dlogits).all() and torch.isfinite(tl_twin.grad).all()
+    # the loss reaches 2e4 (a target at -1e4 next to a +1e4 logit)
+    assert_close(got, want, atol=1e-10, rtol=1e-12, name="numpy loss")
+    assert_close(got_twin, want, atol=1e-10, rtol=1e-12, name="torch twin loss")
+    assert_close(dlogits, tl.grad, **TOL, name="numpy cross_entropy_backward")
+    assert_close(tl_twin.grad, tl.grad, **TOL, name="torch twin autograd")
 
 
 # ----------------------------------------------------------------------------- bad input
