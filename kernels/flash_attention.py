@@ -40,10 +40,12 @@ heads of a group happens in registers inside one program.
 Implementation notes, named where they happen below:
 - exp2 instead of exp: s is computed in base 2 (``qk_scale = scale * log2(e)``), so ``m_i`` is
   the running max of ``s * log2(e)``; the NumPy version's ``m_i`` equals ``m_i * ln(2)`` here.
-- Tails: rows past L and columns past S are loaded as zeros and never stored; head dims that
-  are not a power of two are padded to ``BLOCK_D`` (a power of two >= 16) and masked. The
-  head dim is a constexpr (``HEAD_DIM``), so masked loads stay vectorised (one compiled
-  kernel per D).
+- Tails: rows past L and columns past S are loaded as zeros and never stored. Zeros are not
+  enough for keys: a zero key scores s = 0, not -inf, so every kernel masks the scores of
+  keys past S to -inf (p = 0) in its key-tail tile; rows past L get lse = +inf in the
+  backward, so their p is 0 without a mask. Head dims that are not a power of two are
+  padded to ``BLOCK_D`` (a power of two >= 16) and masked. The head dim is a constexpr
+  (``HEAD_DIM``), so masked loads stay vectorised (one compiled kernel per D).
 - Each loop over tiles runs in two phases (the ``MASK`` constexpr of the ``*_inner``
   helpers): tiles every query of the program sees in full skip the masking; only the causal
   diagonal and the key tail pay for ``tl.where``.
@@ -71,6 +73,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = ["flash_attention", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
 
@@ -151,6 +154,7 @@ def _attn_fwd(
     GROUP,  # H // Hkv: query heads sharing one key/value head
     L,  # query length
     S,  # key length
+    l_bucket, s_bucket,  # next_power_of_2(L), next_power_of_2(S): autotune key only, unused
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i (needs L == S)
     BLOCK_M: tl.constexpr,  # queries per program
@@ -253,10 +257,12 @@ def _attn_bwd_dkdv_inner(
     offs_n,  # (BLOCK_N,) key indices of this tile
     offs_d,  # (BLOCK_D,) head-dim indices
     L,  # query length
+    S,  # key length
     qk_scale,  # scale * log2(e)
     lo, hi,  # query range [lo, hi), lo a multiple of BLOCK_M
-    MASK: tl.constexpr,  # apply the causal mask (the diagonal tiles)
+    MASK: tl.constexpr,  # apply the key-tail and causal masks to p^T
     HEAD_DIM: tl.constexpr,  # D, the head dim
+    IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
     BLOCK_M: tl.constexpr,  # queries per step
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
@@ -276,9 +282,14 @@ def _attn_bwd_dkdv_inner(
         # ds^T come out of tl.dot already laid out as the left operand of the next dot.
         # p^T = exp(s^T - lse), recomputed in base 2
         s_t = tl.dot(k_tile, tl.trans(q_tile), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-        p_t = tl.math.exp2(s_t - lse2[None, :])  # (BLOCK_N, BLOCK_M)
         if MASK:
-            p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+            # keys past S and (causal) keys after the query get -inf, so p = 0 there (a
+            # padded key has k = 0: unmasked, its p = exp(0 - lse) would overflow for lse < -88)
+            valid = offs_n[:, None] < S  # (BLOCK_N, 1)
+            if IS_CAUSAL:
+                valid = valid & (offs_m[None, :] >= offs_n[:, None])  # (BLOCK_N, BLOCK_M)
+            s_t = tl.where(valid, s_t, float("-inf"))
+        p_t = tl.math.exp2(s_t - lse2[None, :])  # (BLOCK_N, BLOCK_M)
         # dv += p^T @ dout
         dv = tl.dot(p_t.to(do_tile.dtype), do_tile, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
         # dp^T = v @ dout^T
@@ -307,6 +318,7 @@ def _attn_bwd_dkdv(
     GROUP,  # H // Hkv
     L,  # query length
     S,  # key length
+    l_bucket, s_bucket,  # next_power_of_2(L), next_power_of_2(S): autotune key only, unused
     sm_scale,  # scale
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
@@ -334,15 +346,17 @@ def _attn_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # Query tiles: causal skips the queries before this key tile, masks the diagonal tiles
-    # [m_lo, m_full) and needs no mask after them; non-causal needs no mask at all, since
-    # rows past L have p = 0 and columns past S are never stored.
+    # Query tiles: [m_lo, m_full) masked, [m_full, L) unmasked. Causal skips the queries
+    # before this key tile and masks the diagonal tiles (the key tail, if this tile has one,
+    # lies in the diagonal: every query after it is a padded row). Non-causal masks every
+    # query tile of the one program whose key tile runs past S, and nothing elsewhere.
+    # Rows past L need no mask anywhere: their lse is +inf, so p = 0 and ds = 0 there.
     if IS_CAUSAL:
         m_lo = ((start_n * BLOCK_N) // BLOCK_M) * BLOCK_M
         m_full = tl.minimum(tl.cdiv((start_n + 1) * BLOCK_N, BLOCK_M) * BLOCK_M, L)
     else:
         m_lo = 0
-        m_full = 0
+        m_full = tl.where((start_n + 1) * BLOCK_N > S, L, 0)  # L for the key-tail tile, else 0
     # GQA: dk, dv of a kv head are sums over the GROUP query heads that read it
     for g in range(0, GROUP):
         h = h_kv * GROUP + g  # query head
@@ -352,13 +366,13 @@ def _attn_bwd_dkdv(
         delta_base = DELTA + (b * H + h) * L
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base,
-            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, qk_scale, m_lo, m_full,
-            MASK=True, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, S, qk_scale, m_lo, m_full,
+            MASK=True, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
         )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base,
-            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, qk_scale, tl.maximum(m_lo, m_full), L,
-            MASK=False, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+            stride_ql, stride_qd, stride_dol, stride_dod, offs_n, offs_d, L, S, qk_scale, tl.maximum(m_lo, m_full), L,
+            MASK=False, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_M=BLOCK_M, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
         )
     # dk = scale * sum ds^T q  (the chain rule through s = scale * q k^T)
     dk = dk * sm_scale
@@ -381,8 +395,9 @@ def _attn_bwd_dq_inner(
     S,  # key length
     qk_scale,  # scale * log2(e)
     lo, hi,  # key range [lo, hi), lo a multiple of BLOCK_N
-    MASK: tl.constexpr,  # apply the causal mask (the diagonal tiles)
+    MASK: tl.constexpr,  # apply the key-tail and causal masks to p
     HEAD_DIM: tl.constexpr,  # D, the head dim
+    IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
     BLOCK_N: tl.constexpr,  # keys per step
     UPCAST: tl.constexpr,  # upcast tiles to float32 before tl.dot (interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 inputs
@@ -397,12 +412,19 @@ def _attn_bwd_dq_inner(
             v_tile = v_tile.to(tl.float32)
         # p = exp(s - lse), recomputed in base 2
         s = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
         if MASK:
-            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+            # keys past S and (causal) keys after the query get -inf, so p = 0 there. Not
+            # optional for the tail: a padded key has k = 0, so s = 0 and p = exp(-lse), which
+            # is inf once lse < -88 (inf * 0 = NaN in the dot below) and overflows the float16
+            # cast of ds on a GPU once lse < -11.
+            valid = offs_n[None, :] < S  # (1, BLOCK_N)
+            if IS_CAUSAL:
+                valid = valid & (offs_m[:, None] >= offs_n[None, :])  # (BLOCK_M, BLOCK_N)
+            s = tl.where(valid, s, float("-inf"))
+        p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
         # dp = dout @ v^T
         dp = tl.dot(do_tile, tl.trans(v_tile), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        # ds = p * (dp - delta); keys past S have k = 0 so add nothing to dq
+        # ds = p * (dp - delta)  (softmax backward; the scale is applied once at the end)
         ds = p * (dp - delta[:, None])  # (BLOCK_M, BLOCK_N)
         # dq += ds @ k
         dq = tl.dot(ds.to(k_tile.dtype), k_tile, dq, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_D)
@@ -425,6 +447,7 @@ def _attn_bwd_dq(
     GROUP,  # H // Hkv
     L,  # query length
     S,  # key length
+    l_bucket, s_bucket,  # next_power_of_2(L), next_power_of_2(S): autotune key only, unused
     sm_scale,  # scale
     qk_scale,  # scale * log2(e)
     IS_CAUSAL: tl.constexpr,  # query i sees keys j <= i
@@ -458,22 +481,23 @@ def _attn_bwd_dq(
     v_base = V + b * stride_vb + h_kv * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # Key tiles: [0, n_full) unmasked, [n_full, n_end) the causal diagonal (masked).
+    # Key tiles, as in the forward: [0, n_full) every query of the tile sees every key
+    # (unmasked); [n_full, n_end) masked (the diagonal when causal, the tail past S).
     if IS_CAUSAL:
         n_end = tl.minimum((start_m + 1) * BLOCK_M, S)
         n_full = ((start_m * BLOCK_M) // BLOCK_N) * BLOCK_N
     else:
         n_end = S
-        n_full = S
+        n_full = (S // BLOCK_N) * BLOCK_N
     dq = _attn_bwd_dq_inner(
         dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
         offs_m, offs_d, S, qk_scale, 0, n_full,
-        MASK=False, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        MASK=False, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
     dq = _attn_bwd_dq_inner(
         dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_ks, stride_kd, stride_vs, stride_vd,
         offs_m, offs_d, S, qk_scale, n_full, n_end,
-        MASK=True, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
+        MASK=True, HEAD_DIM=HEAD_DIM, IS_CAUSAL=IS_CAUSAL, BLOCK_N=BLOCK_N, UPCAST=UPCAST, DOT_PRECISION=DOT_PRECISION,
     )
     # dq = scale * sum ds k
     dq = dq * sm_scale
@@ -594,12 +618,25 @@ def _autotuned(kernel, name: str, key: list[str]):
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
+# The autotune key. Lengths enter as power-of-two buckets (the kernel arguments l_bucket,
+# s_bucket), not as L and S themselves: the best tile depends on the rough size, and keying
+# on the raw lengths would re-time every config at every new length (with a KV cache,
+# decoding one token at a time, at every step). Triton adds the dtypes of the tensor
+# arguments to the key itself.
+AUTOTUNE_KEY = ["l_bucket", "s_bucket", "GROUP", "HEAD_DIM", "IS_CAUSAL"]
+
+
+def _length_buckets(L: int, S: int) -> tuple[int, int]:
+    """(l_bucket, s_bucket): L and S rounded up to powers of two, the autotune key's lengths."""
+    return triton.next_power_of_2(L), triton.next_power_of_2(S)
+
+
 if INTERPRET:
     _fwd_kernel, _dkdv_kernel, _dq_kernel = _attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq
 else:
-    _fwd_kernel = _autotuned(_attn_fwd, "fwd", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
-    _dkdv_kernel = _autotuned(_attn_bwd_dkdv, "dkdv", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
-    _dq_kernel = _autotuned(_attn_bwd_dq, "dq", ["L", "S", "GROUP", "HEAD_DIM", "IS_CAUSAL"])
+    _fwd_kernel = _autotuned(_attn_fwd, "fwd", AUTOTUNE_KEY)
+    _dkdv_kernel = _autotuned(_attn_bwd_dkdv, "dkdv", AUTOTUNE_KEY)
+    _dq_kernel = _autotuned(_attn_bwd_dq, "dq", AUTOTUNE_KEY)
 
 
 def _launch_config(kernel: str) -> dict:
@@ -684,7 +721,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
     _fwd_kernel[grid](
         q, k, v, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        H, H // Hkv, L, S,
+        H, H // Hkv, L, S, *_length_buckets(L, S),
         scale * LOG2E,
         HEAD_DIM=D,
         IS_CAUSAL=is_causal,
@@ -719,7 +756,7 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
     _dkdv_kernel[grid_kv](
         q, k, v, dout, lse, delta, dk, dv,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
-        H, H // Hkv, L, S, scale, scale * LOG2E,
+        H, H // Hkv, L, S, *_length_buckets(L, S), scale, scale * LOG2E,
         IS_CAUSAL=is_causal, HEAD_DIM=D, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
         **_launch_config("dkdv"),
     )
@@ -727,7 +764,7 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
     _dq_kernel[grid_q](
         q, k, v, dout, lse, delta, dq,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
-        H, H // Hkv, L, S, scale, scale * LOG2E,
+        H, H // Hkv, L, S, *_length_buckets(L, S), scale, scale * LOG2E,
         IS_CAUSAL=is_causal, HEAD_DIM=D, BLOCK_D=block_d, UPCAST=INTERPRET, DOT_PRECISION=precision,
         **_launch_config("dq"),
     )
@@ -735,7 +772,12 @@ def _backward(dout, q, k, v, out, lse, dlse, is_causal: bool, scale: float):
 
 
 class _FlashAttentionFunction(torch.autograd.Function):
-    """out, lse = flash attention; backward recomputes p tile by tile from (q, k, v, out, lse)."""
+    """out, lse = flash attention; backward recomputes p tile by tile from (q, k, v, out, lse).
+
+    Differentiable once: the backward kernels are not themselves differentiable, so a second
+    derivative (``create_graph=True`` then backward through the gradients) raises a
+    RuntimeError (``once_differentiable``) instead of silently returning a wrong, zero one.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, is_causal, scale):
@@ -747,6 +789,7 @@ class _FlashAttentionFunction(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, dlse):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:

@@ -15,11 +15,21 @@ The rule, per case and per quantity (out, dq, dk, dv):
                                              in the same dtype on the same device (GQA by
                                              repeat_interleave of k and v)
     pass if   err_fn <= tolerance_factor * err_torch + floor
-              floor = floor_ulps * eps(dtype) * max(1, max |ref64|)   (a few ulps, for the
-              cases where PyTorch happens to be exact, e.g. L = 1)
+              floor = floor_ulps * eps(float32) * max(1, max |ref64|)
 
 so the bound follows the dtype: float32 must be about float32-accurate, bfloat16 only
-bfloat16-accurate. Output dtype and shape must match the input's, and nothing may be NaN.
+bfloat16-accurate. The floor is a few float32 ulps, whatever the dtype: it is there for
+the cases where PyTorch happens to be exact (L = S = 1, where softmax is 1 and dq, dk are 0),
+in which a kernel that accumulates in float32, as it must, still makes a float32 ulp or
+so of error (dk = sum p (dp - delta) q cancels to 0 only in exact arithmetic). In float16
+and bfloat16 it is hundreds of times smaller than PyTorch's own error, so it cannot hide an
+error many times PyTorch's. Output dtype and shape must match the input's, and nothing may
+be NaN.
+
+Besides lengths, head dims, GQA and causal, the cases include inputs shifted so that every
+score is very negative (``qk_offset``: q + offset, k - offset): the logsumexp of each row is
+far below -88, where a kernel that lets padded keys (k = 0, score 0) into the softmax
+backward gets exp(0 - lse) = inf.
 
 Deliberately left out: attention masks other than causal, dropout, timing (see
 ``benchmarks/bench_attention_gpu.py``).
@@ -64,12 +74,14 @@ class AttentionCase:
     D: int  # head dim
     is_causal: bool = False  # query i sees keys j <= i (needs L == S)
     scale: float | None = None  # None: 1/sqrt(D)
+    qk_offset: float = 0.0  # inputs q + qk_offset, k - qk_offset: scores near -scale * D * offset^2
 
     def describe(self) -> str:
         causal = "causal" if self.is_causal else "full"
         scale = "" if self.scale is None else f" scale={self.scale:g}"
+        offset = "" if not self.qk_offset else f" q+{self.qk_offset:g}/k-{self.qk_offset:g}"
         heads = f"H={self.H}" if self.H == self.Hkv else f"H={self.H}/Hkv={self.Hkv}"
-        return f"{self.name}: B={self.B} {heads} L={self.L} S={self.S} D={self.D} {causal}{scale}"
+        return f"{self.name}: B={self.B} {heads} L={self.L} S={self.S} D={self.D} {causal}{scale}{offset}"
 
 
 # Kept small enough that the Triton interpreter on a CPU runs all of it, in three dtypes,
@@ -88,6 +100,8 @@ DEFAULT_CASES: tuple[AttentionCase, ...] = (
     AttentionCase("D=96, L != S", 1, 2, 2, 40, 50, 96),
     AttentionCase("D=128, large logits", 1, 2, 2, 31, 31, 128, is_causal=True, scale=0.5),
     AttentionCase("D=128, explicit scale", 1, 2, 1, 19, 24, 128, scale=0.05),
+    # scores ~ -scale * D * 25 = -141 (lse < -88): padded keys must be masked in the backward
+    AttentionCase("very negative lse, key tail, GQA", 1, 4, 2, 20, 37, 32, qk_offset=5.0),
 )
 
 # A few seconds under the interpreter: every feature once.
@@ -95,6 +109,8 @@ QUICK_CASES: tuple[AttentionCase, ...] = (
     AttentionCase("length 1, D=8, causal", 1, 1, 1, 1, 1, 8, is_causal=True),
     AttentionCase("one past a block, GQA, D=48", 1, 4, 2, 33, 33, 48, is_causal=True),
     AttentionCase("L != S, MQA, D=80", 1, 2, 1, 17, 40, 80, scale=0.3),
+    # scores ~ -(1/4) * 16 * 36 = -144, so lse < -88; S = 17 leaves a key tail in any tiling
+    AttentionCase("very negative lse, S one past 16", 1, 1, 1, 4, 17, 16, qk_offset=6.0),
 )
 
 _QUANTITIES = ("out", "dq", "dk", "dv")
@@ -184,7 +200,7 @@ class ConformanceReport:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [
             f"attention conformance of {self.fn_name} on {self.device}: "
-            f"max-abs error vs float64, bound = {self.tolerance_factor:g} x torch's error + floor",
+            f"max-abs error vs float64, bound = {self.tolerance_factor:g} x torch's error + float32 floor",
         ]
         for i, row in enumerate(rows):
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -219,6 +235,7 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
     k = torch.randn(case.B, case.Hkv, case.S, case.D, generator=gen)  # (B, Hkv, S, D)
     v = torch.randn(case.B, case.Hkv, case.S, case.D, generator=gen)  # (B, Hkv, S, D)
     dout = torch.randn(case.B, case.H, case.L, case.D, generator=gen)  # (B, H, L, D)
+    q, k = q + case.qk_offset, k - case.qk_offset  # s = scale * (q.k - D * offset^2 + ...)
     q, k, v, dout = (t.to(dtype) for t in (q, k, v, dout))  # "the inputs": rounded to the dtype
 
     def run(f, dt, dev):
@@ -243,7 +260,7 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
         return result
     finally:
         result.seconds = time.perf_counter() - t0
-    eps = torch.finfo(dtype).eps
+    eps32 = torch.finfo(torch.float32).eps  # the floor is in float32 ulps, the accumulation precision
     problems = []
     for name, g, r, b in zip(_QUANTITIES, got, ref, base):
         if g is None or tuple(g.shape) != tuple(r.shape):
@@ -252,7 +269,7 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
         if g.dtype != dtype:
             problems.append(f"{name} has dtype {g.dtype}, expected {dtype}")
         err, torch_err = _max_abs(g, r), _max_abs(b, r)
-        floor = floor_ulps * eps * max(1.0, float(r.detach().abs().max()))
+        floor = floor_ulps * eps32 * max(1.0, float(r.detach().abs().max()))
         bound = tolerance_factor * torch_err + floor
         result.errors[name] = (err, torch_err, bound)
         if not err <= bound:
@@ -282,8 +299,8 @@ def attention_conformance(
     q (B, H, L, D), k and v (B, Hkv, S, D), out (B, H, L, D) in q's dtype.
     device: where fn and PyTorch's baseline run; default cuda if available, else cpu.
     cases: ``DEFAULT_CASES`` if None (``QUICK_CASES`` for a fast check).
-    tolerance_factor: fn's error may be this many times PyTorch's (plus ``floor_ulps`` ulps
-    of the largest reference value). backward: also check dq, dk, dv.
+    tolerance_factor: fn's error may be this many times PyTorch's, plus ``floor_ulps``
+    float32 ulps of the largest reference value (at least 1). backward: also check dq, dk, dv.
     verbose: print each case's row as it finishes.
     """
     if not callable(fn):

@@ -5,20 +5,27 @@ On a machine without a CUDA GPU everything here runs under the Triton interprete
 
 - The conformance suite (``minilm.conformance``) passes for our kernel in float32, float16
   and bfloat16, and FAILS for deliberately broken kernels (wrong scale, missing causal mask,
-  float32 computed in bfloat16, a broken backward): the suite can fail.
+  float32 computed in bfloat16, accumulation in bfloat16, zero-padded keys let into the
+  softmax, a broken backward): the suite can fail.
+- Regression: dq stays finite and right when a row's logsumexp is very negative and S leaves
+  a key tail (padded keys once got p = exp(-lse) = inf).
 - lse agrees with the NumPy reference ``minilm.numpy.flash_attention`` (float64).
 - GQA: dk, dv are the sums over each group of query heads (torch float64 autograd with
   repeat_interleave as the independent check); the gradient through lse is right too.
 - Strided (transposed, sliced) inputs give bit-identical results; two backward runs are
-  bit-identical; every ValueError path names what is wrong.
+  bit-identical; every ValueError path names what is wrong; a second derivative raises.
+- The autotune key buckets L and S by powers of two (no re-tuning at every new length).
 - The compile check (``minilm.kernels.compile``) builds the GPU kernels for sm_80/sm_90
-  without a GPU and reports registers and spills.
+  without a GPU and reports registers and spills, also through ``python -m minilm bench compile``.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -32,6 +39,7 @@ from minilm.conformance import (  # noqa: E402
     DEFAULT_CASES,
     QUICK_CASES,
     AttentionCase,
+    _torch_sdpa,
     attention_conformance,
     reference_attention,
 )
@@ -115,6 +123,41 @@ def _fp32_in_bf16(q, k, v, is_causal=False, scale=None):
     return out.to(q.dtype)
 
 
+def _accumulate_in_input_dtype(q, k, v, is_causal=False, scale=None):
+    """The online softmax of minilm.numpy.flash_attention, one key at a time, written in torch
+    (autograd backward) with the running m_i, l_i, acc and the scores held in the input
+    dtype: every step rounds to bfloat16 where a kernel should accumulate in float32."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (B, H, S, D)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    m_i = torch.full(q.shape[:3], float("-inf"), dtype=q.dtype, device=q.device)  # (B, H, L)
+    l_i = torch.zeros(q.shape[:3], dtype=q.dtype, device=q.device)  # (B, H, L)
+    acc = torch.zeros_like(q)  # (B, H, L, D)
+    rows = torch.arange(q.shape[2], device=q.device)  # (L,)
+    for j in range(k.shape[2]):
+        s = scale * (q @ k[:, :, j, :, None])[..., 0]  # (B, H, L)
+        if is_causal:
+            s = s.masked_fill(rows < j, float("-inf"))
+        m_new = torch.maximum(m_i, s)
+        p, alpha = torch.exp(s - m_new), torch.exp(m_i - m_new)  # (B, H, L)
+        l_i = alpha * l_i + p
+        acc = alpha[..., None] * acc + p[..., None] * v[:, :, j, None, :]  # (B, H, L, D)
+        m_i = m_new
+    return acc / l_i[..., None]
+
+
+def _keys_padded_to_block(q, k, v, is_causal=False, scale=None):
+    """Forgets the key-tail mask: pads k and v with zero rows up to a multiple of 16 and
+    attends to them too (each padded key scores 0, not -inf). Causal inputs are passed on
+    as they are (the causal mask would hide the padded keys anyway)."""
+    pad = -k.shape[2] % 16
+    if is_causal or pad == 0:
+        return flash_attention(q, k, v, is_causal=is_causal, scale=scale)
+    k_pad = torch.nn.functional.pad(k, (0, 0, 0, pad))  # (B, Hkv, S + pad, D), zero rows
+    v_pad = torch.nn.functional.pad(v, (0, 0, 0, pad))  # (B, Hkv, S + pad, D)
+    return flash_attention(q, k_pad, v_pad, scale=scale)
+
+
 class _BadBackward(torch.autograd.Function):
     """Forward right; backward forgets to sum dk, dv over the query heads of a group."""
 
@@ -152,8 +195,10 @@ def _bad_backward(q, k, v, is_causal=False, scale=None):
         (_fp32_in_bf16, ("fp32",), lambda c: True, lambda c: False),
         # GQA/MQA cases fail on dk, dv
         (_bad_backward, ("fp32",), lambda c: c.H != c.Hkv, lambda c: c.H == c.Hkv),
+        # attending to zero-padded keys: every non-causal case whose S is not a multiple of 16
+        (_keys_padded_to_block, ("fp32", "bf16"), lambda c: not c.is_causal and c.S % 16, lambda c: c.is_causal),
     ],
-    ids=["wrong-scale", "no-causal-mask", "fp32-in-bf16", "no-gqa-sum"],
+    ids=["wrong-scale", "no-causal-mask", "fp32-in-bf16", "no-gqa-sum", "padded-keys"],
 )
 def test_broken_kernels_fail_conformance(broken, dtypes, must_fail, must_pass):
     report = attention_conformance(
@@ -168,6 +213,20 @@ def test_broken_kernels_fail_conformance(broken, dtypes, must_fail, must_pass):
             assert not r.passed, f"{r.case.describe()} [{r.dtype}] should fail"
         if must_pass(r.case):
             assert r.passed, f"{r.case.describe()} [{r.dtype}] should pass: {r.problem}"
+
+
+def test_accumulating_in_bf16_fails_conformance():
+    """A kernel that accumulates in bfloat16 is 5-10x less accurate than PyTorch (which
+    accumulates in float32), and fails. It passed while the floor of the bound was 4 ulps of
+    the dtype (4 * 2**16 float32 ulps, about 0.03 near 1): the floor now is float32 ulps."""
+    cases = [c for c in DEFAULT_CASES + QUICK_CASES if c.name in ("L != S, S one past a block", "L != S, MQA, D=80")]
+    assert len(cases) == 2
+    report = attention_conformance(_accumulate_in_input_dtype, dtypes=(torch.bfloat16,), cases=cases, device=DEVICE)
+    print(report)
+    assert len(report.failures) == 2, report
+    old_floor = attention_conformance(_accumulate_in_input_dtype, dtypes=(torch.bfloat16,), cases=cases,
+                                      device=DEVICE, floor_ulps=4 * 2**16)
+    assert old_floor.passed, old_floor
 
 
 def test_torch_sdpa_passes_conformance_and_report_prints():
@@ -264,6 +323,35 @@ def test_gradient_through_lse():
         assert_close(g, r, atol=2e-5, rtol=1e-4, name=f"d{name}")
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_very_negative_lse_with_a_key_tail_keeps_dq_finite(dtype):
+    """Regression: q ~ +5, k ~ -5, D = 16 gives scores ~ -(1/4) * 16 * 25 = -100 and lse ~ -97.
+    With S = 17 the last key tile is mostly padding; the dq kernel once ran it unmasked, so
+    each padded key (k = 0, s = 0) got p = exp(0 - lse) = exp(97) = inf and dq went NaN
+    (S = 16, no tail, was fine). Checked against float64 with the conformance suite's rule
+    (at most 6x the error of torch's sdpa in the same dtype, plus 4 float32 ulps)."""
+    B, H, L, S, D = 1, 1, 4, 17, 16
+    gen = torch.Generator().manual_seed(0)
+    q = 5.0 + 0.01 * torch.randn(B, H, L, D, generator=gen)  # (B, H, L, D)
+    k = -5.0 + 0.01 * torch.randn(B, H, S, D, generator=gen)  # (B, H, S, D)
+    v = torch.randn(B, H, S, D, generator=gen)  # (B, H, S, D)
+    dout = torch.randn(B, H, L, D, generator=gen)  # (B, H, L, D)
+    q, k, v, dout = (t.to(device=DEVICE, dtype=DTYPES[dtype]) for t in (q, k, v, dout))
+    out, lse, dq, dk, dv = _run(q, k, v, dout)
+    assert lse.max() < -90, lse  # the regime of the bug: exp(-lse) overflows float32
+    x64 = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    out64 = reference_attention(*x64)
+    refs = (out64, *torch.autograd.grad(out64, x64, dout.cpu().double()))
+    xs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out_t = _torch_sdpa(*xs)
+    torch_results = (out_t, *torch.autograd.grad(out_t, xs, dout))
+    for name, got, ref, base in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), refs, torch_results):
+        assert torch.isfinite(got).all(), f"{name} has NaN or inf"
+        err = (got.cpu().double() - ref).abs().max().item()
+        torch_err = (base.cpu().double() - ref).abs().max().item()
+        assert err <= 6 * torch_err + 4 * torch.finfo(torch.float32).eps, (name, err, torch_err)
+
+
 def test_strided_inputs_give_identical_results():
     """Transposed views (B, L, H, D).transpose(1, 2) and a stride-2 head dim read the same
     numbers through other strides: results are bit-identical to contiguous inputs."""
@@ -289,6 +377,39 @@ def test_backward_is_deterministic():
     b = _run(q, k, v, dout, is_causal=True)
     for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), a, b):
         assert torch.equal(x, y), name
+
+
+def test_second_derivative_raises():
+    """The backward kernels are not differentiable: with create_graph=True and an incoming
+    gradient that itself depends on parameters (attention followed by more layers, here a
+    weight w), the second backward raises (once_differentiable) instead of silently
+    dropping that path. Without the marker dq would come back with no grad_fn at all."""
+    q, k, v, _ = _inputs(1, 2, 2, 5, 5, 16, seed=17)
+    q = q.requires_grad_()
+    w = torch.randn(16, generator=torch.Generator().manual_seed(18)).to(DEVICE).requires_grad_()  # (D,)
+    loss = (flash_attention(q, k, v) * w).sum()  # dout = w, broadcast over (B, H, L)
+    (dq,) = torch.autograd.grad(loss, q, create_graph=True)
+    assert dq.requires_grad
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dq.sum().backward()
+
+
+def test_autotune_key_buckets_lengths(monkeypatch):
+    """The autotuner times the configs once per key; the key holds L and S rounded up to
+    powers of two, so lengths 17..32 (say, decoding with a KV cache, S growing by one each
+    step) share one entry and 33 opens the next. Run through triton.autotune itself under the
+    interpreter, with one config per key so that nothing needs timing."""
+    monkeypatch.setattr(fa, "_device_arch", lambda device: 80)  # sm_80's config table
+    tuned = fa._autotuned(fa._attn_fwd, "fwd", fa.AUTOTUNE_KEY)
+    monkeypatch.setattr(fa, "_fwd_kernel", tuned)
+    fixed = fa._launch_config
+    monkeypatch.setattr(fa, "_launch_config", lambda kernel: {} if kernel == "fwd" else fixed(kernel))
+    gen = torch.Generator().manual_seed(19)
+    q = torch.randn(1, 2, 1, 16, generator=gen).to(DEVICE)  # (B, H, 1, D): one new token
+    for S in (17, 24, 32, 33):
+        k, v = (torch.randn(1, 2, S, 16, generator=gen).to(DEVICE) for _ in range(2))  # (B, Hkv, S, D)
+        assert_close(flash_attention(q, k, v), reference_attention(q, k, v), atol=1e-5, rtol=1e-5, name=f"S={S}")
+    assert sorted(key[:2] for key in tuned.cache) == [(1, 32), (1, 64)]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
