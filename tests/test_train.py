@@ -4,8 +4,9 @@
   and the loss must fall well below its start (about ln V for a fresh model).
 - From the same seed in float64 the NumPy and PyTorch loops see the same batches, start from
   the same weights and apply the same AdamW maths, so their loss curves agree to ~1e-10.
-- On a Markov source of exactly known entropy rate H, a model trained long enough gets a
-  validation loss close to H and never meaningfully below it (the data processing bound).
+- On a Markov source of exactly known entropy rate H, the validation loss of a Transformer
+  and of an LSTM falls towards H over successive evaluations and never below it (beyond a
+  stated statistical tolerance).
 - The LSTM's truncated-BPTT streams are contiguous from one window to the next; ranks'
   slices of a batch put together are the batch one process would draw.
 - A real SIGINT during training stops it after the current step with a checkpoint.
@@ -88,23 +89,71 @@ def test_torch_loop_is_deterministic_given_the_seed():
     assert a.losses != c.losses
 
 
-def test_markov_source_loss_approaches_its_entropy_rate(tmp_path):
-    """A first-order Markov chain over 8 symbols: the best possible loss is its entropy rate H
-    (computed exactly by MarkovSource from the transition matrix and stationary law). A small
-    LSTM can represent the chain; after 200 steps its validation loss must land within 0.1
-    nats of H, and not below H - 0.05 (no model beats the source; the margin is the noise of
-    a ~5000-token estimate)."""
-    from minilm.data import MarkovSource
+@pytest.mark.parametrize("preset", ["tiny", "tiny-lstm"])
+def test_markov_source_validation_loss_falls_towards_its_entropy_rate(tmp_path, preset):
+    """On text from a first-order Markov chain over 8 symbols, the validation loss of a small
+    Transformer / LSTM (NumPy loop, 150 steps, evaluated every 30) falls towards the chain's
+    entropy rate H and never below it.
+
+    H is exact: MarkovSource computes it from the transition matrix P and its stationary law
+    pi, H = -sum_s pi_s sum_w P[s, w] log P[s, w]. Every validation target has its full
+    context (order 1: the token before it is the window's input at that position), so H is
+    the floor. A loss estimated on finite held-out text still fluctuates around the model's
+    true loss, so the bounds carry tolerances:
+
+    - below H: the estimate averages n scored targets, some scored twice (random windows
+      overlap), with n_eff = (sum c_i)^2 / sum c_i^2 for target i scored c_i times. The
+      source's own per-token loss -log P[s, w] has variance
+      sigma^2 = sum_s pi_s sum_w P log^2 P - H^2 (exact, from P and pi), so the same windows
+      scored by the TRUE model fall below H by more than 4 sigma / sqrt(n_eff) only with
+      probability ~3e-5 (a normal tail; successive tokens of this fast-mixing chain are only
+      weakly dependent). No model beats the true one in expectation, so
+      val_loss >= H - 4 sigma / sqrt(n_eff) (~0.06 nats here).
+    - the sharper, paired form: on the very windows evaluated, val_loss - H_hat (H_hat: the
+      true model's loss on them) is a mean of log p/q terms whose conditional mean is a KL
+      divergence >= 0 and whose spread shrinks with it (variance ~ 2 KL near q = p); its
+      lowest likely value, KL - 4 sqrt(2 KL / n_eff), is at least -8 / n_eff (~0.003): so
+      val_loss >= H_hat - 0.01.
+    - above H: after 150 steps the model must be within 0.05 nats of H_hat and 0.08 of H
+      (measured: 0.021 / 0.047 Transformer, 0.027 / 0.054 LSTM; this validation sample's
+      H_hat is 0.026 above H), having fallen from well above it, and no evaluation may be
+      more than noise (0.01) above the one before.
+    """
+    from minilm.data import MarkovSource, get_batch
+    from minilm.numpy.train import prepare_data
 
     src = MarkovSource(vocab_size=8, order=1, concentration=0.3, seed=0)
-    text = src.sample_text(60_000, np.random.default_rng(1))
     path = tmp_path / "markov.txt"
-    path.write_text(text)
-    H = src.entropy_rate_bits * math.log(2)  # nats per symbol
-    args = get_preset("tiny-lstm", impl="numpy", corpus=str(path), steps=200, lr=1e-2, min_lr=1e-3,
-                      eval_interval=200, eval_iters=20, batch_size=16, sample_tokens=0)
+    path.write_text(src.sample_text(60_000, np.random.default_rng(1)))
+    H = src.entropy_rate  # nats per symbol
+    args = get_preset(preset, impl="numpy", corpus=str(path), steps=150, eval_interval=30,
+                      eval_iters=10, batch_size=16, context_length=32, sample_tokens=0,
+                      lstm_bptt="random")  # the LSTM scores random windows too (from zero state)
     res = _train("numpy")(args, progress=False, print_fn=lambda s: None)
-    assert H - 0.05 < res.val_loss < H + 0.1, (res.val_loss, H)
+    val = np.array([r["val_loss"] for r in res.evals])  # (5,) one per evaluation
+
+    # which validation targets estimate_loss scored: the same draws on positions 0..N-1
+    data = prepare_data(args)
+    ids = np.arange(len(data.val))
+    rng = np.random.default_rng(args.seed + 1)  # estimate_loss's generator
+    scored = np.concatenate([get_batch(ids, args.batch_size, args.context_length, rng)[1].ravel()
+                             for _ in range(args.eval_iters)])  # positions of the targets
+    counts = np.bincount(scored)
+    n_eff = counts.sum() ** 2 / (counts ** 2).sum()
+    H_hat = float(-src.log_probs(data.val)[scored - 1].mean())  # the true model on those windows
+    P, pi = src.transition, src.stationary  # (V, V), (V,)
+    logP = np.log(np.where(P > 0, P, 1.0))  # (V, V); 0 log 0 = 0
+    sigma = math.sqrt((pi[:, None] * P * logP ** 2).sum() - H ** 2)
+    tol = 4 * sigma / math.sqrt(n_eff)
+
+    assert len(val) == 5
+    assert tol < 0.1 and abs(H_hat - H) < tol  # the sample itself is typical of the source
+    assert (val >= H - tol).all(), (val, H, tol)
+    assert (val >= H_hat - 0.01).all(), (val, H_hat)
+    assert val[0] > H + 0.15, (val, H)  # from far above ...
+    assert val[-1] < H_hat + 0.05 and val[-1] < H + 0.08, (val, H_hat, H)  # ... to near
+    assert (np.diff(val) < 0.01).all(), val  # falling, give or take noise
+    assert val[-1] <= val.min() + 0.01, val
 
 
 def test_stream_batches_are_contiguous_and_reset_at_the_wrap():
