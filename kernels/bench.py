@@ -11,7 +11,8 @@ model width of 2048 (H = 2048 / D). FLOPs are counted, not measured:
 
 Before timing a shape, both implementations are run on the same inputs and their outputs and
 gradients compared (relative to the largest value). Times are ``triton.testing.do_bench``
-medians after warm-up. Prints a table, saves a PNG plot.
+medians after warm-up. Prints a table, saves a PNG plot (needs matplotlib, checked before
+anything runs; ``--plot ''`` for none). Bad arguments end in one clear line and exit 2.
 
     python benchmarks/bench_attention_gpu.py --lengths 1024,4096 --head-dims 128 --plot out.png
     minilm bench attention ...                  # the same main(argv)
@@ -26,6 +27,9 @@ import sys
 
 __all__ = ["main", "attention_flops"]
 
+MODES = ("fwd", "fwd+bwd")
+DTYPES = ("fp16", "bf16")
+
 
 def attention_flops(B: int, H: int, L: int, S: int, D: int, is_causal: bool, mode: str) -> float:
     """FLOPs of attention: forward 4*B*H*L*S*D (half when causal); backward 2.5x forward."""
@@ -35,13 +39,13 @@ def attention_flops(B: int, H: int, L: int, S: int, D: int, is_causal: bool, mod
     return fwd if mode == "fwd" else fwd * (1.0 + 2.5)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench_attention_gpu", description=__doc__.split("\n\n")[0])
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or "bench_attention_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="512,1024,2048,4096,8192,16384", help="L = S values (default: %(default)s)")
     p.add_argument("--head-dims", default="64,128", help="(default: %(default)s)")
     p.add_argument("--dtypes", default="fp16,bf16", help="(default: %(default)s)")
     p.add_argument("--causal", default="both", choices=("both", "true", "false"))
-    p.add_argument("--modes", default="fwd,fwd+bwd", help="(default: %(default)s)")
+    p.add_argument("--modes", default=",".join(MODES), help="fwd and/or fwd+bwd (default: %(default)s)")
     p.add_argument("--tokens", type=int, default=16384, help="B * L per shape (default: %(default)s)")
     p.add_argument("--width", type=int, default=2048, help="H * D (default: %(default)s)")
     p.add_argument("--plot", default="bench_attention_gpu.png", help="PNG path ('' for none; default: %(default)s)")
@@ -66,29 +70,67 @@ def _check_match(ours, theirs, q, k, v, dout, is_causal, tol):
             raise AssertionError(f"{name}: ours and torch differ by {err:.3e} (max |torch| {ref:.3e}, tol {tol})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _parse_args(args) -> str:
+    """Turn the comma lists of ``args`` into lists in place; '' if all is well, else what is wrong."""
+    bad = []
+    lists = {"lengths": int, "head_dims": int, "dtypes": str, "modes": str}
+    for name, cast in lists.items():
+        text = getattr(args, name)
+        try:
+            values = [cast(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            bad.append(f"--{name.replace('_', '-')} {text!r} (want comma-separated integers)")
+            values = []
+        else:
+            if not values:
+                bad.append(f"--{name.replace('_', '-')} is empty")
+        setattr(args, name + "_list", values)
+    bad += [f"length {n} (use >= 1)" for n in args.lengths_list if n < 1]
+    bad += [f"head dim {d} (use 8..128)" for d in args.head_dims_list if not 8 <= d <= 128]
+    bad += [f"dtype {t!r} (use {', '.join(DTYPES)})" for t in args.dtypes_list if t not in DTYPES]
+    bad += [f"mode {m!r} (use {', '.join(MODES)})" for m in args.modes_list if m not in MODES]
+    bad += [f"--{name} {getattr(args, name)} (use >= 1)" for name in ("tokens", "width", "rep") if getattr(args, name) < 1]
+    return "; ".join(bad)
+
+
+def _plot_problem(path: str) -> str:
+    """'' if the plot can be made (or none is wanted), else why not: checked before the GPU runs."""
+    if not path:
+        return ""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return (f"--plot {path!r} needs the 'matplotlib' package, which is not installed: "
+                "pip install matplotlib, or pass --plot '' for no plot")
+    return ""
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Benchmark (see the module docstring); 0 when done or without a GPU, 2 for bad arguments.
+    prog: the command name ``--help`` and usage errors show."""
+    args = _parser(prog).parse_args(argv)
+    problem = _parse_args(args)
+    if problem:
+        print(f"error: bad {problem}", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
         print("bench_attention_gpu: this benchmark needs a CUDA GPU and none is available here; "
               "nothing was timed (on a CPU, check correctness with the tests instead).")
         return 0
+    problem = _plot_problem(args.plot)  # before the GPU run, not after it
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     import triton
     import torch.nn.functional as F
 
     from minilm.kernels import flash_attention
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    lengths = [int(x) for x in args.lengths.split(",") if x]
-    head_dims = [int(x) for x in args.head_dims.split(",") if x]
-    dtype_names = [x for x in args.dtypes.split(",") if x]
-    modes = [x for x in args.modes.split(",") if x]
+    lengths, head_dims, dtype_names, modes = args.lengths_list, args.head_dims_list, args.dtypes_list, args.modes_list
     causals = {"both": (False, True), "true": (True,), "false": (False,)}[args.causal]
-    for name in dtype_names:
-        if name not in dtypes:
-            print(f"error: dtype {name!r} not one of {', '.join(dtypes)}", file=sys.stderr)
-            return 2
 
     def ours(q, k, v, is_causal):
         return flash_attention(q, k, v, is_causal=is_causal)
@@ -144,7 +186,7 @@ def _plot(rows, path: str, device_name: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({r[0] for r in rows}, key=["fwd", "fwd+bwd"].index)
+    modes = sorted({r[0] for r in rows}, key=MODES.index)
     dims = sorted({r[2] for r in rows})
     fig, axes = plt.subplots(len(modes), len(dims), figsize=(5 * len(dims), 4 * len(modes)), squeeze=False)
     for i, mode in enumerate(modes):

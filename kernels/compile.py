@@ -7,17 +7,32 @@ autotuner may pick on that GPU (``GPU_CONFIGS`` and ``GPU_CONFIGS_SM90`` in
 compiles the kernel to a cubin with Triton's own toolchain (``triton.compile`` on an
 ``ASTSource``, then ptxas) and prints one row:
 
-    arch  kernel  dtype  D  causal  config (BLOCK_M/BLOCK_N/warps/stages)  registers  spills  smem  wgmma
+    arch  kernel  dtype  D  causal  ints  config (BLOCK_M/BLOCK_N/warps/stages)  registers  spills  smem  wgmma
 
 The exit status is non-zero if any config fails to compile or spills registers to local
 memory. Registers and spills come from the ``ptxas -v`` log (spills = bytes of spill stores
 plus loads); for a kernel Triton takes from its cache, where ptxas does not run, from
-``cuobjdump --dump-resource-usage`` on the cubin (any stack frame counts as a spill). Kernels are compiled as a contiguous launch would specialise them (unit head-dim
-stride, 16-byte aligned pointers, strides divisible by 16); the head dim is a constexpr, so
-every D is a kernel of its own.
+``cuobjdump --dump-resource-usage`` on the cubin (any stack frame counts as a spill).
+
+What is compiled, against what a real launch compiles. Pointers and strides are as a
+contiguous launch specialises them (unit head-dim stride, 16-byte aligned pointers, strides
+divisible by 16); the head dim is a constexpr, so every D is a kernel of its own. The
+integer arguments H, GROUP, L, S (and the autotune-key buckets of L and S) are another
+matter: at run time Triton specialises an int argument equal to 1 into a constant and
+marks one divisible by 16 as such, so one kernel source becomes several compiled variants.
+The ``ints`` column (``--ints``) says which is built:
+
+    general   H, GROUP, L, S plain 32-bit ints: the kernel for any lengths and GQA groups
+              (e.g. L = S = 37, GROUP = 2), the one with every tail and loop bound dynamic
+    aligned   GROUP = 1 (a constant: plain multi-head attention) and L, S divisible by 16:
+              the kernel a typical training launch gets (L = S = 1024, no GQA)
+
+The default is ``general``; ``--ints both`` compiles the two. Other variants a launch may
+get (H = 1, L = 1, S divisible by 16 but not L, ...) are not compiled here.
 
     python -m minilm.kernels.compile --arch 80,90 --head-dims 64,128 --dtypes fp16 --quick
-    python benchmarks/compile_kernels.py            # the same, all defaults
+    python benchmarks/compile_kernels.py            # all defaults
+    minilm bench compile --ints both                # the same main(argv)
 
 Under ``TRITON_INTERPRET=1`` the kernels are interpreter objects that cannot be compiled, so
 ``main`` re-runs itself in a subprocess with the variable unset.
@@ -43,7 +58,10 @@ __all__ = ["main", "toolchain_problem", "compile_one", "CompileResult"]
 KERNELS = ("fwd", "preprocess", "dkdv", "dq")
 KERNEL_FN = {"fwd": "_attn_fwd", "preprocess": "_attn_bwd_preprocess", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq"}
 DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
-DEFAULT_HEAD_DIMS = (16, 32, 48, 64, 80, 96, 128)
+# every BLOCK_D (16, 32, 64, 128) and both ends of the supported range; 8 pads to 16 (the
+# smallest tl.dot K), 48, 80 and 96 are the non-powers of two padded and masked
+DEFAULT_HEAD_DIMS = (8, 16, 32, 48, 64, 80, 96, 128)
+INT_VARIANTS = ("general", "aligned")
 
 
 @dataclass
@@ -54,6 +72,7 @@ class CompileResult:
     head_dim: int
     causal: bool
     config: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N (0 for preprocess), num_warps, num_stages
+    ints: str = "general"  # how H, GROUP, L, S are specialised: one of INT_VARIANTS
     ok: bool = False
     registers: int | None = None
     spill_bytes: int | None = None  # spill stores + spill loads
@@ -86,9 +105,11 @@ def toolchain_problem() -> str:
     return "ptxas not found (neither in triton/backends/nvidia/bin, on PATH, nor TRITON_PTXAS_PATH)"
 
 
-def _signature(fn, dtype: str, head_dim: int, block_d: int, causal: bool, block_m: int, block_n: int):
+def _signature(fn, dtype: str, head_dim: int, block_d: int, causal: bool, block_m: int, block_n: int,
+               ints: str = "general"):
     """signature, constexprs and attrs of a contiguous launch, in the ASTSource format of
-    Triton >= 3.3 (constexpr parameters listed with type "constexpr")."""
+    Triton >= 3.3 (constexpr parameters listed with type "constexpr"). ints: "general" (H,
+    GROUP, L, S plain i32) or "aligned" (GROUP = 1 a constant, L, S divisible by 16)."""
     elem = f"*{dtype}"
     fp32_ptrs = {"LSE", "DELTA"}
     floats = {"qk_scale", "sm_scale"}
@@ -118,8 +139,12 @@ def _signature(fn, dtype: str, head_dim: int, block_d: int, causal: bool, block_
         elif name in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ"):  # tensors of the input dtype
             signature[name] = elem
             attrs[(i,)] = [["tt.divisibility", 16]]
-        else:  # H, GROUP, L, S
+        elif ints == "aligned" and name == "GROUP":
+            signature[name], constexprs[name] = "constexpr", 1  # Triton turns an int == 1 into a constant
+        else:  # H, GROUP, L, S, l_bucket, s_bucket
             signature[name] = "i32"
+            if ints == "aligned" and name in ("L", "S", "l_bucket", "s_bucket"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
     return signature, constexprs, attrs
 
 
@@ -129,9 +154,9 @@ _CUOBJDUMP = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
 def compile_one(arch: int, kernel: str, dtype: str, head_dim: int, causal: bool,
-                config: tuple[int, int, int, int]) -> CompileResult:
+                config: tuple[int, int, int, int], ints: str = "general") -> CompileResult:
     """Compile one kernel for one target and config; never raises (errors go in the result)."""
-    result = CompileResult(arch, kernel, dtype, head_dim, causal, config)
+    result = CompileResult(arch, kernel, dtype, head_dim, causal, config, ints)
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -141,7 +166,7 @@ def compile_one(arch: int, kernel: str, dtype: str, head_dim: int, causal: bool,
         fn = getattr(fa, KERNEL_FN[kernel])
         block_m, block_n, warps, stages = config
         signature, constexprs, attrs = _signature(fn, dtype, head_dim, fa.block_d_for(head_dim), causal,
-                                                  block_m, block_n)
+                                                  block_m, block_n, ints)
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         log = io.StringIO()
         with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas -v here
@@ -194,9 +219,9 @@ def _parse_list(text: str, cast=str):
     return [cast(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m minilm.kernels.compile",
+        prog=prog or "python -m minilm.kernels.compile",
         description="Compile the flash-attention kernels for sm_80/sm_90 (no GPU needed); "
                     "report registers, spills, shared memory, wgmma; exit 1 on a failure or a spill.",
     )
@@ -206,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", default="fp16,bf16,fp32", help="fp16,bf16,fp32 (default: %(default)s)")
     p.add_argument("--kernels", default=",".join(KERNELS), help=f"subset of {','.join(KERNELS)} (default: all)")
     p.add_argument("--causal", default="both", choices=("both", "true", "false"), help="(default: %(default)s)")
+    p.add_argument("--ints", default="general", choices=(*INT_VARIANTS, "both"),
+                   help="how H, GROUP, L, S are compiled: general (plain ints, any lengths and GQA) or "
+                        "aligned (GROUP = 1, L and S divisible by 16, as Triton specialises a typical "
+                        "launch) (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="only the first autotune config of each kernel")
     p.add_argument("--config", default=None,
                    help="compile this BLOCK_M,BLOCK_N,warps,stages instead of the autotune configs")
@@ -221,6 +250,7 @@ def _jobs(args, fa) -> tuple[list[tuple], list[tuple[int, str, str, int, bool]]]
     jobs, rows = [], []
     seen = set()
     causals = {"both": (False, True), "true": (True,), "false": (False,)}[args.causal]
+    variants = INT_VARIANTS if args.ints == "both" else (args.ints,)
     explicit = tuple(_parse_list(args.config, int)) if args.config else None
     for arch in args.archs:
         for kernel in args.kernel_list:
@@ -235,21 +265,23 @@ def _jobs(args, fa) -> tuple[list[tuple], list[tuple[int, str, str, int, bool]]]
                             configs = fa.gpu_configs(kernel, torch_dtype[dtype], d, arch)
                             configs = configs[:1] if args.quick else configs
                         for config in configs:
-                            key = (arch, kernel, dtype, d, causal, tuple(config))
-                            rows.append((d, key))
-                            if key not in seen:
-                                seen.add(key)
-                                jobs.append(key)
+                            for ints in variants:
+                                key = (arch, kernel, dtype, d, causal, tuple(config), ints)
+                                rows.append((d, key))
+                                if key not in seen:
+                                    seen.add(key)
+                                    jobs.append(key)
     return jobs, rows
 
 
 def _format_table(rows, results) -> tuple[str, int]:
-    header = ["arch", "kernel", "dtype", "D", "causal", "config M/N/w/s", "regs", "spills", "smem", "wgmma", "status"]
+    header = ["arch", "kernel", "dtype", "D", "causal", "ints", "config M/N/w/s", "regs", "spills", "smem", "wgmma",
+              "status"]
     table = [header]
     n_bad = 0
     for d, key in rows:
         r = results[key]
-        arch, kernel, dtype, d, causal, config = key
+        arch, kernel, dtype, d, causal, config, ints = key
         m, n, w, s = config
         cfg = f"{m}/{n}/{w}/{s}" if kernel != "preprocess" else f"{m}/-/{w}/{s}"
         if not r.ok:
@@ -260,7 +292,7 @@ def _format_table(rows, results) -> tuple[str, int]:
             status = "ok"
         n_bad += status.split()[0] != "ok"
         table.append([
-            f"sm_{arch}", KERNEL_FN[kernel], dtype, str(d), "yes" if causal else "no", cfg,
+            f"sm_{arch}", KERNEL_FN[kernel], dtype, str(d), "yes" if causal else "no", ints, cfg,
             "-" if r.registers is None else str(r.registers),
             "-" if r.spill_bytes is None else str(r.spill_bytes),
             "-" if r.shared_bytes is None else f"{r.shared_bytes // 1024} KiB",
@@ -276,10 +308,11 @@ def _format_table(rows, results) -> tuple[str, int]:
     return "\n".join(lines), n_bad
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Compile, print the table, return 0 if every config compiled without spills, else 1
-    (2 for bad arguments or a missing toolchain)."""
-    parser = _parser()
+    (2 for bad arguments or a missing toolchain). prog: the command name ``--help`` and
+    usage errors show (default ``python -m minilm.kernels.compile``)."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     try:
         args.archs = _parse_list(args.arch, int)
@@ -329,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     text, n_bad = _format_table(rows, results)
     print(text)
     print(f"{len(rows) - n_bad}/{len(rows)} ok" + ("" if n_bad == 0 else f"; {n_bad} failed or spilled"))
+    print("ints: general = H, GROUP, L, S as plain ints (any lengths, GQA); aligned = GROUP = 1, L and S "
+          "divisible by 16, as Triton specialises a typical launch (--ints both for the two)")
     return 0 if n_bad == 0 else 1
 
 

@@ -535,7 +535,7 @@ GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
         ("fp32", 16): [(16, 32, 4, 2)],
         ("fp32", 32): [(16, 16, 4, 2)],
         ("fp32", 64): [(16, 16, 4, 2)],
-        ("fp32", 128): [(16, 16, 4, 2)],
+        ("fp32", 128): [(16, 16, 8, 2)],  # 4 warps spill on sm_80
     },
     "dq": {
         ("16bit", 16): [(64, 64, 4, 3)],
@@ -555,6 +555,9 @@ GPU_CONFIGS_SM90: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]
     "dkdv": {
         ("16bit", 128): [(32, 32, 8, 2)],  # no wgmma (BLOCK_N < 64), but no spills
         ("fp32", 16): [(16, 16, 4, 2)],
+    },
+    "dq": {
+        ("fp32", 64): [(32, 16, 8, 2)],  # 4 warps spill on sm_90
     },
 }
 PREPROCESS_BLOCK_M = 64  # rows per program of _attn_bwd_preprocess (GPU)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -479,20 +480,69 @@ def _compile_module():
     return compile_mod
 
 
+def _table(out: str) -> list[dict[str, str]]:
+    """The rows of the compile check's table as {column: cell} (the columns read from its header)."""
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("arch "))
+    # columns are joined by two or more spaces; cells may hold one ("48 KiB"): cut at the
+    # header's column starts
+    starts = [0] + [m.end() for m in re.finditer(r"  +", header)]
+    bounds = list(zip(starts, starts[1:] + [None]))
+    names = [header[a:b].strip().split()[0] for a, b in bounds]  # "config M/N/w/s" -> "config"
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, bounds)} for line in lines if line.startswith("sm_")]
+
+
 @pytest.mark.slow
-def test_compile_check_passes_without_spills(capsys):
-    """The default configs of the forward and dk/dv kernels at D=80 (padded to 128, masked)
-    compile for Ampere and Hopper without spills; the forward uses wgmma on Hopper."""
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        # 16-bit, causal, a non-power-of-two D (48 -> BLOCK_D 64), all four kernels' default
+        # configs on Ampere and Hopper
+        (["--arch", "80,90", "--head-dims", "48", "--dtypes", "bf16", "--kernels", "fwd,preprocess,dkdv,dq",
+          "--causal", "true"],
+         {(a, k, "bf16", "48", c, "general") for a in ("sm_80", "sm_90")
+          for k, c in (("_attn_fwd", "yes"), ("_attn_bwd_preprocess", "no"), ("_attn_bwd_dkdv", "yes"),
+                       ("_attn_bwd_dq", "yes"))}),
+        # float32 (IEEE dots), non-causal, both ends of the head-dim range, the specialisation
+        # a GROUP = 1, multiple-of-16 launch gets
+        (["--arch", "80", "--head-dims", "8,128", "--dtypes", "fp32", "--kernels", "fwd,dq", "--causal", "false",
+          "--ints", "aligned"],
+         {("sm_80", k, "fp32", d, "no", "aligned") for k in ("_attn_fwd", "_attn_bwd_dq") for d in ("8", "128")}),
+    ],
+    ids=["bf16-causal-D48-all-kernels", "fp32-full-D8-D128-aligned"],
+)
+def test_compile_check_passes_without_spills(capsys, argv, expected):
+    """The first autotune config of each kernel compiles for the GPU without spills (and the
+    Hopper forward uses wgmma in 16 bits): a kernel that only works in the interpreter, or
+    only for some head dims or dtypes, fails here."""
     compile_mod = _compile_module()
-    rc = compile_mod.main(["--arch", "80,90", "--head-dims", "80", "--dtypes", "bf16", "--kernels", "fwd,dkdv",
-                           "--causal", "true", "--quick", "--jobs", "2"])
+    rc = compile_mod.main(argv + ["--quick", "--jobs", "2"])
     out = capsys.readouterr().out
     print(out)
     assert rc == 0, out
-    rows = [line.split() for line in out.splitlines() if line.startswith("sm_")]
-    assert {(r[0], r[1]) for r in rows} == {(a, k) for a in ("sm_80", "sm_90") for k in ("_attn_fwd", "_attn_bwd_dkdv")}
-    assert all(r[-1] == "ok" and r[7] == "0" for r in rows), out
-    assert all(r[-2] == "yes" for r in rows if r[:2] == ["sm_90", "_attn_fwd"]), "no wgmma on Hopper"
+    rows = _table(out)
+    assert {(r["arch"], r["kernel"], r["dtype"], r["D"], r["causal"], r["ints"]) for r in rows} == expected
+    assert all(r["status"] == "ok" and r["spills"] == "0" and int(r["regs"]) > 0 for r in rows), out
+    hopper_fwd = [r for r in rows if r["arch"] == "sm_90" and r["kernel"] == "_attn_fwd"]
+    assert all(r["wgmma"] == "yes" for r in hopper_fwd), "no wgmma on Hopper"
+
+
+@pytest.mark.slow
+def test_minilm_bench_compile_cli(tmp_path):
+    """The real command, in a fresh process: ``python -m minilm bench compile ...`` prints the
+    table and exits 0; ``--help`` works too."""
+    _compile_module()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "minilm", "bench", "compile"]
+    proc = subprocess.run(cmd + ["--arch", "90", "--head-dims", "80", "--dtypes", "fp16", "--kernels", "dkdv",
+                                 "--causal", "false", "--quick", "--jobs", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _table(proc.stdout)
+    assert [(r["arch"], r["kernel"], r["D"], r["status"]) for r in rows] == [("sm_90", "_attn_bwd_dkdv", "80", "ok")]
+    assert "1/1 ok" in proc.stdout
+    proc = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "--head-dims" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -511,6 +561,42 @@ def test_compile_check_rejects_bad_arguments(capsys):
     assert compile_mod.main(["--arch", "70", "--head-dims", "200", "--dtypes", "fp64"]) == 2
     err = capsys.readouterr().err
     assert "arch 70" in err and "head dim 200" in err and "dtype 'fp64'" in err
+
+
+def test_compile_check_help_names_the_calling_command(capsys):
+    compile_mod = pytest.importorskip("minilm.kernels.compile")
+    with pytest.raises(SystemExit) as exc:
+        compile_mod.main(["--help"], prog="minilm bench compile")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: minilm bench compile") and "--ints" in out
+
+
+def test_bench_rejects_bad_arguments_before_running(capsys):
+    from minilm.kernels.bench import main
+
+    assert main(["--modes", "fwd,bwd", "--lengths", "512,0", "--dtypes", "fp32", "--head-dims", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    assert "mode 'bwd' (use fwd, fwd+bwd)" in err and "length 0" in err and "dtype 'fp32'" in err
+    assert "head dim 4" in err
+    assert main(["--lengths", "1k"]) == 2
+    assert "--lengths '1k' (want comma-separated integers)" in capsys.readouterr().err
+    assert main(["--modes", ""]) == 2
+    assert "--modes is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"], prog="minilm bench attention")
+    assert capsys.readouterr().out.startswith("usage: minilm bench attention")
+
+
+def test_bench_says_up_front_that_the_plot_needs_matplotlib(monkeypatch):
+    """Checked before the GPU run (not after it, when the results would be lost)."""
+    from minilm.kernels import bench
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    problem = bench._plot_problem("out.png")
+    assert "needs the 'matplotlib' package" in problem and "--plot ''" in problem
+    assert bench._plot_problem("") == ""  # no plot wanted, nothing needed
 
 
 def test_bench_without_gpu_says_so_and_exits_0(capsys):
