@@ -304,3 +304,21 @@ def test_bad_grads_and_lr(rng):
         cosine_schedule(0, 1.0, 0.1, -1, 10)
     with pytest.raises(ValueError, match="min_lr"):
         cosine_schedule(0, 1.0, 2.0, 1, 10)
+
+
+def test_load_state_dict_takes_half_precision_tensors(rng):
+    """Buffers saved as torch bfloat16/float16 tensors load (widened exactly to float32, then
+    cast to the parameter dtype); NumPy has no bfloat16, so ``tensor.numpy()`` alone fails."""
+    torch = pytest.importorskip("torch")
+    params = _params(rng)
+    opt = AdamW(params, lr=0.1)
+    opt.step(_grad_seq(rng, 1)[0])
+    sd = opt.state_dict()
+    for dtype in (torch.bfloat16, torch.float16):
+        half = {**sd, "state": {name: {k: torch.from_numpy(b).to(dtype) for k, b in s.items()}
+                                for name, s in sd["state"].items()}}
+        other = AdamW({k: v.copy() for k, v in params.items()}, lr=0.1)
+        other.load_state_dict(half)
+        for name, s in half["state"].items():
+            for k, b in s.items():
+                np.testing.assert_array_equal(other.state[name][k], b.float().numpy())

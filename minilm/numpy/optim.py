@@ -43,6 +43,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from minilm.numpy.layers import to_numpy
+
 __all__ = ["SGD", "AdamW", "clip_grad_norm", "cosine_schedule"]
 
 
@@ -207,7 +209,7 @@ class _Optimizer:
                 if k not in self._buffers:
                     raise ValueError(f"{cls}.load_state_dict: unknown buffer {k!r} for {name!r}; "
                                      f"known are {list(self._buffers)}")
-                b = np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b)
+                b = to_numpy(b)
                 if b.shape != p.shape:
                     raise ValueError(f"{cls}.load_state_dict: {name}.{k} has shape {b.shape}, "
                                      f"the parameter has {p.shape}")
