@@ -388,7 +388,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             else:
                 raise
         if module is not None and hasattr(module, "main"):
-            rc = module.main(argv)
+            rc = module.main(argv, prog=f"minilm bench {ns.which}")
             return int(rc or 0)
     path = repo_benchmarks_dir() / script
     if not path.is_file():

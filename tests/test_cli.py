@@ -165,6 +165,13 @@ def test_bench_dispatches_to_the_benchmark_scripts():
     assert "usage" in p.stdout.lower()
 
 
+@pytest.mark.parametrize("which", ["compile", "attention"])
+def test_bench_kernel_modules_call_themselves_by_the_command_line_name(which):
+    p = minilm("bench", which, "--help")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"usage: minilm bench {which} "), p.stdout[:200]
+
+
 def test_train_without_matplotlib_names_no_loss_png(tmp_path, monkeypatch, capsys):
     """In-process (so matplotlib can be made unimportable): the run says why loss.png was
     skipped, and the closing line lists only files that exist."""
