@@ -53,7 +53,7 @@ TRAIN_EXAMPLES = _fmt("""
     examples:
       minilm train                                   # the main job: preset 'default', ~3 min on 2 CPU cores
       minilm train --preset tiny --out runs/tiny     # a few seconds
-      minilm train --preset shakespeare-char         # nanoGPT's laptop run (val loss ~1.88)
+      minilm train --preset shakespeare-char         # nanoGPT's laptop run (val loss ~1.80)
       minilm train --model lstm --preset shakespeare-char-lstm
       minilm train --impl numpy --steps 300 --corpus my.txt --tokenizer bpe --vocab-size 512
       minilm train --resume --out runs/default       # continue a stopped run exactly

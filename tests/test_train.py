@@ -206,11 +206,13 @@ def test_presets_are_valid_and_mirror_nanogpt():
     for name in PRESETS:
         a = get_preset(name)
         a.model_config(vocab_size=65)  # builds a valid model config
-    s = get_preset("shakespeare-char")
-    assert (s.n_layer, s.n_head, s.d_model, s.context_length, s.batch_size, s.steps) == (4, 4, 128, 64, 12, 2000)
-    assert (s.lr, s.min_lr, s.warmup_steps, s.dropout, s.beta1, s.beta2, s.weight_decay, s.grad_clip) == (
-        1e-3, 1e-4, 100, 0.0, 0.9, 0.99, 0.1, 1.0)
-    assert s.corpus == "tinyshakespeare" and s.tokenizer == "char"
+    for name, lr in (("shakespeare-char-nanogpt", 1e-3), ("shakespeare-char", 2e-3)):
+        s = get_preset(name)
+        assert (s.n_layer, s.n_head, s.d_model, s.context_length, s.batch_size, s.steps) == (
+            4, 4, 128, 64, 12, 2000)
+        assert (s.lr, s.min_lr, s.warmup_steps, s.dropout, s.beta1, s.beta2, s.weight_decay,
+                s.grad_clip) == (lr, lr / 10, 100, 0.0, 0.9, 0.99, 0.1, 1.0)
+        assert s.corpus == "tinyshakespeare" and s.tokenizer == "char"
     assert get_preset("default").corpus == "builtin"
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_preset("nope")
