@@ -515,13 +515,19 @@ def _attn_bwd_dq(
 # shape once and keeps the fastest. GPU_CONFIGS_SM90 replaces entries on Hopper (and newer),
 # where the wgmma register layouts change what fits. `python -m minilm.kernels.compile`
 # compiles every candidate for sm_80 and sm_90 and fails on register spills: these lists are
-# the ones that compile spill-free.
+# the ones that compile spill-free, both as the general kernel (any L, S, GQA group) and as
+# the one Triton specialises for a typical launch (GROUP = 1, L and S multiples of 16:
+# ``--ints aligned``), for every head dim of each BLOCK_D, causal and not. ptxas allocates
+# the two builds anew and they spill differently, so a config stays only if both are clean.
 GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "fwd": {
         ("16bit", 16): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-        ("16bit", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+        # sm_80 aligned: 128/64/8/3 and 64/64/4/3 spill (8 B); 4 and 2 stages do not
+        ("16bit", 32): [(128, 64, 8, 4), (64, 64, 4, 2), (128, 128, 8, 3)],
         ("16bit", 64): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
-        ("16bit", 128): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        # sm_80 aligned causal, D = 80, 96, 128: 128/64/8/3 spills at 255 registers; 2 stages
+        # need 221
+        ("16bit", 128): [(128, 64, 8, 2), (64, 64, 4, 3)],
         ("fp32", 16): [(16, 16, 4, 2)],
         ("fp32", 32): [(16, 64, 4, 2), (16, 16, 4, 2)],
         ("fp32", 64): [(16, 64, 4, 2), (16, 16, 4, 2)],
@@ -541,7 +547,8 @@ GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
         ("16bit", 16): [(64, 64, 4, 3)],
         ("16bit", 32): [(64, 64, 4, 3)],
         ("16bit", 64): [(64, 64, 4, 3), (128, 64, 8, 3)],
-        ("16bit", 128): [(64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2)],
+        # sm_80 aligned non-causal, D = 80, 96: 64/64/8/2 spills (8 B); 3 stages do not
+        ("16bit", 128): [(64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 3)],
         ("fp32", 16): [(32, 16, 4, 2)],
         ("fp32", 32): [(32, 16, 4, 2)],
         ("fp32", 64): [(32, 16, 4, 2)],
@@ -550,13 +557,20 @@ GPU_CONFIGS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
 }
 GPU_CONFIGS_SM90: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "fwd": {
+        # Hopper keeps the configs sm_80 gave up above: they compile clean here (with wgmma)
+        ("16bit", 32): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+        ("16bit", 128): [(128, 64, 8, 3), (64, 64, 4, 3)],
         ("fp32", 128): [(16, 64, 4, 2)],
     },
     "dkdv": {
         ("16bit", 128): [(32, 32, 8, 2)],  # no wgmma (BLOCK_N < 64), but no spills
         ("fp32", 16): [(16, 16, 4, 2)],
+        # 16/16/4/1 spills at D = 48 aligned, 16/16/4/2 at D = 48 general, 8 warps at D = 48
+        # and 64; a 32-key tile does not
+        ("fp32", 64): [(16, 32, 4, 1)],
     },
     "dq": {
+        ("16bit", 128): [(64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2)],  # as sm_80 had them
         ("fp32", 64): [(32, 16, 8, 2)],  # 4 warps spill on sm_90
     },
 }
