@@ -16,7 +16,9 @@ On a machine without a CUDA GPU everything here runs under the Triton interprete
   bit-identical; every ValueError path names what is wrong; a second derivative raises.
 - The autotune key buckets L and S by powers of two (no re-tuning at every new length).
 - The compile check (``minilm.kernels.compile``) builds the GPU kernels for sm_80/sm_90
-  without a GPU and reports registers and spills, also through ``python -m minilm bench compile``.
+  without a GPU and reports registers and spills, both the general build and the one Triton
+  specialises for a GROUP = 1, multiple-of-16 launch (each kernel), also through
+  ``python -m minilm bench compile`` (whose default compiles the two).
 """
 
 from __future__ import annotations
@@ -499,7 +501,7 @@ def _table(out: str) -> list[dict[str, str]]:
         # 16-bit, causal, a non-power-of-two D (48 -> BLOCK_D 64), all four kernels' default
         # configs on Ampere and Hopper
         (["--arch", "80,90", "--head-dims", "48", "--dtypes", "bf16", "--kernels", "fwd,preprocess,dkdv,dq",
-          "--causal", "true"],
+          "--causal", "true", "--ints", "general"],
          {(a, k, "bf16", "48", c, "general") for a in ("sm_80", "sm_90")
           for k, c in (("_attn_fwd", "yes"), ("_attn_bwd_preprocess", "no"), ("_attn_bwd_dkdv", "yes"),
                        ("_attn_bwd_dq", "yes"))}),
@@ -508,8 +510,16 @@ def _table(out: str) -> list[dict[str, str]]:
         (["--arch", "80", "--head-dims", "8,128", "--dtypes", "fp32", "--kernels", "fwd,dq", "--causal", "false",
           "--ints", "aligned"],
          {("sm_80", k, "fp32", d, "no", "aligned") for k in ("_attn_fwd", "_attn_bwd_dq") for d in ("8", "128")}),
+        # every kernel as a typical 16-bit training launch specialises it, on Ampere at D = 80
+        # (BLOCK_D 128), causal: the forward's first config once spilled here (128/64/8/3)
+        # while its general build did not
+        (["--arch", "80", "--head-dims", "80", "--dtypes", "fp16", "--kernels", "fwd,preprocess,dkdv,dq",
+          "--causal", "true", "--ints", "aligned"],
+         {("sm_80", k, "fp16", "80", c, "aligned")
+          for k, c in (("_attn_fwd", "yes"), ("_attn_bwd_preprocess", "no"), ("_attn_bwd_dkdv", "yes"),
+                       ("_attn_bwd_dq", "yes"))}),
     ],
-    ids=["bf16-causal-D48-all-kernels", "fp32-full-D8-D128-aligned"],
+    ids=["bf16-causal-D48-all-kernels", "fp32-full-D8-D128-aligned", "fp16-causal-D80-all-kernels-aligned"],
 )
 def test_compile_check_passes_without_spills(capsys, argv, expected):
     """The first autotune config of each kernel compiles for the GPU without spills (and the
@@ -530,7 +540,8 @@ def test_compile_check_passes_without_spills(capsys, argv, expected):
 @pytest.mark.slow
 def test_minilm_bench_compile_cli(tmp_path):
     """The real command, in a fresh process: ``python -m minilm bench compile ...`` prints the
-    table and exits 0; ``--help`` works too."""
+    table and exits 0, by default with both the general and the aligned build of a config;
+    ``--help`` works too."""
     _compile_module()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "minilm", "bench", "compile"]
@@ -539,8 +550,9 @@ def test_minilm_bench_compile_cli(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = _table(proc.stdout)
-    assert [(r["arch"], r["kernel"], r["D"], r["status"]) for r in rows] == [("sm_90", "_attn_bwd_dkdv", "80", "ok")]
-    assert "1/1 ok" in proc.stdout
+    assert [(r["arch"], r["kernel"], r["D"], r["ints"], r["status"]) for r in rows] == [
+        ("sm_90", "_attn_bwd_dkdv", "80", ints, "ok") for ints in ("general", "aligned")]
+    assert "2/2 ok" in proc.stdout
     proc = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "--head-dims" in proc.stdout, proc.stdout + proc.stderr
 
