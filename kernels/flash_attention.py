@@ -712,8 +712,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: 
     if scale is None:
         return 1.0 / math.sqrt(D)
     scale = float(scale)
-    if not math.isfinite(scale) or scale == 0.0:
-        raise ValueError(f"flash_attention: scale must be a finite non-zero number, got {scale}")
+    if not math.isfinite(scale):  # zero and negative are fine, as in torch's sdpa
+        raise ValueError(f"flash_attention: scale must be a finite number, got {scale}")
     return scale
 
 
