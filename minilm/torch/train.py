@@ -34,6 +34,7 @@ Deliberately left out: gradient accumulation, ``torch.compile``, FSDP.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -163,12 +164,19 @@ class Dist:
         return torch.cat(parts, dim=1)  # (n_layer, B, H)
 
     def close(self) -> None:
+        """Destroy the process group this process made (the DDP wrapper must be gone first).
+
+        Two deadlocks lurk at teardown, both a gloo worker thread that needs the GIL (to free
+        a Python-made tensor of a collective it ran) while the main thread, holding the GIL,
+        waits for that worker in the group's destructor:
+        - the barrier lets every worker finish (and drop) the earlier collectives first;
+        - the group's last holder must be ``destroy_process_group``, which drops it with the
+          GIL released. Were it DDP's reducer, the destructor would run with the GIL held when
+          the wrapper is freed, so ``train`` frees the wrapper before calling this.
+        """
         if self.owns_group:
             import torch.distributed as dist
 
-            # Let the gloo worker thread finish (and drop) every earlier collective first: one
-            # that still holds a Python-made tensor needs the GIL to free it, and
-            # destroy_process_group joins that thread while holding the GIL (a deadlock).
             dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
@@ -442,6 +450,9 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
         rep.close()
     if not result.interrupted and not rep.records and is_main:  # nothing left to train
         _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
+    if model is not raw_model:  # the DDP wrapper, freed while the process group lives on
+        del model
+        gc.collect()  # and now, should a reference cycle hold it
     dist.close()
     result.step = done
     result.seconds = time.perf_counter() - t0
