@@ -14,6 +14,7 @@ traceback of user errors too.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import textwrap
@@ -77,6 +78,13 @@ EVAL_EXAMPLES = _fmt("""
       minilm eval --checkpoint runs/shakespeare-char --eval-iters 200
       minilm eval --checkpoint runs/default --corpus other.txt   # validation split of another text
 """)
+
+# Commands defined in a module of their own: each module has ``add_parser(sub)``, which adds
+# its subparser to ``sub`` (built with ``parser_class=_Parser``) and sets
+# ``handler=<function(ns) -> int>`` as a default; errors are reported as for the commands here.
+# Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
+# stays fast.
+COMMAND_MODULES: list[str] = []
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)
@@ -209,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of: {', '.join(BENCHMARKS)}")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
                    help="arguments for the benchmark")
+
+    # --- commands that live in modules of their own ---
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
@@ -374,7 +386,6 @@ def repo_benchmarks_dir() -> Path:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    import importlib
     import runpy
 
     module_name, script, _ = BENCHMARKS[ns.which]
@@ -433,8 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args([*argv, "train"])
     debug = ns.debug or os.environ.get("MINILM_DEBUG", "") not in ("", "0")
     prog = f"minilm {ns.command}"
+    handler = getattr(ns, "handler", None) or COMMANDS[ns.command]
     try:
-        return COMMANDS[ns.command](ns)
+        return handler(ns)
     except UsageError as e:
         if debug:
             raise
