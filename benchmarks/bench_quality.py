@@ -39,7 +39,7 @@ def _default_data() -> str:
     """The shared copy beside the repository if there is one, else the named corpus."""
     if SHARED_COPY.is_file():
         return str(SHARED_COPY)
-    return "tinyshakespeare"  # load_corpus downloads it once, checks its SHA-256 and caches it
+    return "tinyshakespeare"  # ships with minilm, checked by its SHA-256
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                     "presets against nanoGPT's laptop run (val loss 1.88 in ~2 minutes).")
     p.add_argument("--data", default=None,
                    help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt "
-                        "beside the repository, else the cached or downloaded corpus)")
+                        "beside the repository, else the copy that ships with minilm)")
     p.add_argument("--which", choices=["transformer", "lstm", "both", "nanogpt", "all"], default="both",
                    help="both: the Transformer and LSTM presets; nanogpt: the run with nanoGPT's lr; "
                         "all: the three (default both)")

@@ -1,6 +1,6 @@
 """Byte-level BPE speed: training time and encode/decode throughput, checked before timed.
 
-    python benchmarks/bench_tokenizer.py                                # tinyshakespeare (cached/downloaded)
+    python benchmarks/bench_tokenizer.py                                # tinyshakespeare (ships with minilm)
     python benchmarks/bench_tokenizer.py --corpus path/to/text.txt --vocab-size 1000
     python benchmarks/bench_tokenizer.py --strict                       # exit 1 on a missed target
 

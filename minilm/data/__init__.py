@@ -15,7 +15,7 @@ Needs only NumPy and the standard library.
 from minilm.data.batching import causal_key_mask, get_batch, iter_batches, pad_batch, train_val_split
 from minilm.data.bpe import GPT2_SPLIT_PATTERN, BPETokenizer
 from minilm.data.char import CharTokenizer
-from minilm.data.corpus import CORPORA, data_dir, load_corpus
+from minilm.data.corpus import CORPORA, corpus_names, load_corpus
 from minilm.data.synthetic import MarkovSource
 from minilm.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, load_tokenizer, tokenizer_from_dict
 
@@ -28,7 +28,7 @@ __all__ = [
     "load_tokenizer",
     "tokenizer_from_dict",
     "load_corpus",
-    "data_dir",
+    "corpus_names",
     "CORPORA",
     "train_val_split",
     "get_batch",
