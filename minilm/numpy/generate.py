@@ -274,7 +274,7 @@ def suppress_mask(suppress_ids: Iterable[int] | None, eos_id: int | None, vocab_
     when every token would be suppressed (nothing left to sample).
 
     >>> suppress_mask([0, 2, 3], eos_id=3, vocab_size=4)
-    array([ True, False, False, False])
+    array([ True, False,  True, False])
     """
     if suppress_ids is None:
         return None
