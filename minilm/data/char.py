@@ -81,8 +81,12 @@ class CharTokenizer(Tokenizer):
             pos, c = next((p, c) for p, c in enumerate(text) if c not in stoi)
             raise ValueError(
                 f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in this "
-                f"CharTokenizer's vocabulary of {len(self.chars)} characters"
+                f"CharTokenizer's vocabulary ({len(self.chars)} characters + "
+                f"{len(self.special_tokens)} special tokens = vocab_size {self.vocab_size})"
             ) from None
+
+    def _stream_cut(self, text: str) -> int:
+        return len(text)  # one id per character: any point is a boundary
 
     def _decode_ordinary(self, ids: list[int]) -> str:
         itos = self.itos
