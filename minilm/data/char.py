@@ -4,6 +4,13 @@
 ``0 .. n-1``; the special tokens follow (``<pad>``, ``<bos>``, ``<eos>`` by default, ids
 ``n, n+1, n+2``). On tinyshakespeare that gives nanoGPT's 65 character ids plus 3 specials.
 
+Special tokens are whatever ``train(text, special_tokens=...)`` is given: the decoder's
+``DEFAULT_SPECIAL_TOKENS`` (``<pad> <bos> <eos>``) or an encoder's ``ENCODER_SPECIAL_TOKENS``
+(``[PAD] [CLS] [SEP] [MASK]``, with ``cls_id``, ``sep_id``, ``mask_id``, ``pad_id``). Every
+character of the training text gets an id, those inside special-token strings included, so
+``encode(text)`` of the training text always works (as ordinary characters unless
+``allowed_special`` says otherwise).
+
 It represents only the characters it was trained on: encoding any other character is a
 ``ValueError`` naming the first such character and its position (no silent ``<unk>``).
 

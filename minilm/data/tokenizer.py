@@ -300,7 +300,7 @@ class Tokenizer:
         v = self.vocab_size
         for pos, i in enumerate(out):
             if not 0 <= i < v:
-                raise ValueError(f"id {i} at position {pos} is outside the vocabulary range(0, {v})")
+                raise ValueError(f"id {i} at position {pos} is outside the vocabulary: ids are 0 .. {v - 1} (vocab_size {v})")
         return out
 
     def _encode_ordinary(self, text: str) -> list[int]:  # pragma: no cover - abstract
