@@ -663,6 +663,8 @@ def test_from_gpt2_keeps_ids_and_endoftext(gpt2_files):
         expect = [relabel[i] if i < 256 else i for i in tok.encode(text, allowed_special="all")]
         assert g.encode(text, allowed_special="all") == expect
         assert g.decode(g.encode(text, allowed_special="all")) == text
+    # without the renumbering, save_gpt2 -> from_gpt2 gives back the very same tokenizer
+    assert BPETokenizer.from_gpt2(*tok.save_gpt2(vocab_path.parent / "plain")) == tok
     # the same tokenizer survives minilm's own file
     assert tokenizer_from_dict(g.to_dict()) == g
     back = tokenizer_from_dict(g.to_dict())
