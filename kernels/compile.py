@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         # interpreter objects cannot be compiled, and the ptxas log knob is read from the
         # environment: run again in a clean subprocess
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["TRITON_INTERPRET"] = "0"  # not unset: minilm.kernels would choose the interpreter on a CPU
         env["TRITON_DUMP_PTXAS_LOG"] = "1"
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
         argv = sys.argv[1:] if argv is None else list(argv)

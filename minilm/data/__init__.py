@@ -13,18 +13,27 @@ Needs only NumPy and the standard library.
 """
 
 from minilm.data.batching import causal_key_mask, get_batch, iter_batches, pad_batch, train_val_split
-from minilm.data.bpe import GPT2_SPLIT_PATTERN, BPETokenizer
+from minilm.data.bpe import GPT2_PATTERN, GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode
 from minilm.data.char import CharTokenizer
 from minilm.data.corpus import CORPORA, corpus_names, load_corpus
 from minilm.data.synthetic import MarkovSource
-from minilm.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, load_tokenizer, tokenizer_from_dict
+from minilm.data.tokenizer import (
+    DEFAULT_SPECIAL_TOKENS,
+    ENCODER_SPECIAL_TOKENS,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_from_dict,
+)
 
 __all__ = [
     "Tokenizer",
     "CharTokenizer",
     "BPETokenizer",
     "GPT2_SPLIT_PATTERN",
+    "GPT2_PATTERN",
+    "bytes_to_unicode",
     "DEFAULT_SPECIAL_TOKENS",
+    "ENCODER_SPECIAL_TOKENS",
     "load_tokenizer",
     "tokenizer_from_dict",
     "load_corpus",

@@ -4,6 +4,13 @@
 ``0 .. n-1``; the special tokens follow (``<pad>``, ``<bos>``, ``<eos>`` by default, ids
 ``n, n+1, n+2``). On tinyshakespeare that gives nanoGPT's 65 character ids plus 3 specials.
 
+Special tokens are whatever ``train(text, special_tokens=...)`` is given: the decoder's
+``DEFAULT_SPECIAL_TOKENS`` (``<pad> <bos> <eos>``) or an encoder's ``ENCODER_SPECIAL_TOKENS``
+(``[PAD] [CLS] [SEP] [MASK]``, with ``cls_id``, ``sep_id``, ``mask_id``, ``pad_id``). Every
+character of the training text gets an id, those inside special-token strings included, so
+``encode(text)`` of the training text always works (as ordinary characters unless
+``allowed_special`` says otherwise).
+
 It represents only the characters it was trained on: encoding any other character is a
 ``ValueError`` naming the first such character and its position (no silent ``<unk>``).
 
@@ -81,8 +88,12 @@ class CharTokenizer(Tokenizer):
             pos, c = next((p, c) for p, c in enumerate(text) if c not in stoi)
             raise ValueError(
                 f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in this "
-                f"CharTokenizer's vocabulary of {len(self.chars)} characters"
+                f"CharTokenizer's vocabulary ({len(self.chars)} characters + "
+                f"{len(self.special_tokens)} special tokens = vocab_size {self.vocab_size})"
             ) from None
+
+    def _stream_cut(self, text: str) -> int:
+        return len(text)  # one id per character: any point is a boundary
 
     def _decode_ordinary(self, ids: list[int]) -> str:
         itos = self.itos

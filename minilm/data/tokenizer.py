@@ -17,6 +17,17 @@ a control token. To turn special strings in text into their ids, pass
 ``encode(text, allowed_special="all")`` or a set of the special strings to honour, as in
 tiktoken. ``decode`` writes a special id as its string.
 
+Which special tokens. Decoders use ``DEFAULT_SPECIAL_TOKENS`` (``<pad> <bos> <eos>``);
+encoders (BERT-style) use ``ENCODER_SPECIAL_TOKENS`` (``[PAD] [CLS] [SEP] [MASK]``); any
+distinct non-empty strings work. ``pad_id`` is the id of ``<pad>`` or else ``[PAD]``,
+``eos_id`` that of ``<eos>`` or else GPT-2's ``<|endoftext|>``; ``cls_id``, ``sep_id``,
+``mask_id`` and ``bos_id`` are None when absent; ``special_ids`` lists them all (for example
+to pass, minus ``eos_id``, as ``generate(..., suppress_ids=...)``). BPE training never merges
+into or across a special token's text (see ``minilm/data/bpe.py``).
+
+Streaming. ``encode_iterable(lines)`` yields the ids of ``"".join(lines)`` without holding the
+whole text: see its docstring for why the result is exactly ``encode`` of the joined text.
+
 The file. ``save(path)`` writes readable JSON::
 
     {
@@ -44,12 +55,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "DEFAULT_SPECIAL_TOKENS",
+    "ENCODER_SPECIAL_TOKENS",
     "Tokenizer",
     "load_tokenizer",
     "tokenizer_from_dict",
@@ -58,6 +70,8 @@ __all__ = [
 FORMAT = "minilm-tokenizer"
 VERSION = 1
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>")
+# BERT's special tokens, for encoders: pass them to ``train(..., special_tokens=...)``.
+ENCODER_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def check_unicode(text: str, what: str = "text") -> None:
@@ -113,8 +127,29 @@ class Tokenizer:
     # ---- the special ids ------------------------------------------------------------------
     @property
     def pad_id(self) -> int | None:
-        """Id of ``"<pad>"``, or None if this tokenizer has no such special token."""
-        return self.special_tokens.get("<pad>")
+        """Id of ``"<pad>"``, else of ``"[PAD]"``, or None if this tokenizer has neither."""
+        pad = self.special_tokens.get("<pad>")
+        return self.special_tokens.get("[PAD]") if pad is None else pad
+
+    @property
+    def cls_id(self) -> int | None:
+        """Id of ``"[CLS]"`` (the encoder's summary position), or None if absent."""
+        return self.special_tokens.get("[CLS]")
+
+    @property
+    def sep_id(self) -> int | None:
+        """Id of ``"[SEP]"`` (ends a segment), or None if absent."""
+        return self.special_tokens.get("[SEP]")
+
+    @property
+    def mask_id(self) -> int | None:
+        """Id of ``"[MASK]"`` (masked-LM input), or None if absent."""
+        return self.special_tokens.get("[MASK]")
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Every special token's id, sorted."""
+        return sorted(self.special_tokens.values())
 
     @property
     def bos_id(self) -> int | None:
@@ -123,8 +158,9 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int | None:
-        """Id of ``"<eos>"`` (end of sequence), or None if absent."""
-        return self.special_tokens.get("<eos>")
+        """Id of ``"<eos>"`` (end of sequence), else of GPT-2's ``"<|endoftext|>"``, or None."""
+        eos = self.special_tokens.get("<eos>")
+        return self.special_tokens.get("<|endoftext|>") if eos is None else eos
 
     @property
     def vocab_size(self) -> int:  # pragma: no cover - abstract
@@ -153,6 +189,59 @@ class Tokenizer:
             start = m.end()
         ids.extend(self._encode_ordinary(text[start:]))
         return ids
+
+    def encode_iterable(self, lines: Iterable[str], allowed_special: str | Iterable[str] = ()) -> Iterator[int]:
+        """Ids of ``"".join(lines)``, yielded as the text streams in: ``list(encode_iterable(f))
+        == encode(f.read())`` for an open text file ``f``, holding about one line at a time.
+
+        The text is read into a buffer; after each line the longest prefix of the buffer whose
+        ids can no longer change is encoded, yielded and dropped. A prefix is final when
+
+        1. every special-token match in it is decided: a match starting at position p reads
+           at most ``n = max len(special)`` characters, so matches starting before
+           ``len(buffer) - n + 1`` cannot change (the last ``n - 1`` characters wait), and
+        2. it ends where ``_stream_cut`` says the ordinary encoding may be cut: anywhere for
+           characters; for BPE with GPT-2's split pattern, just before a whitespace character
+           that follows a non-whitespace one (no pre-token spans that point, whatever follows).
+
+        Memory: the longest line, plus the whitespace run that ends it (a run of blank lines
+        is ONE GPT-2 pre-token and must be seen whole), plus ``n - 1`` characters. With a
+        custom BPE split pattern nothing is known about where chunks end, so the text waits
+        for a special token or the end (unbounded memory, still the exact ids).
+        """
+        allowed = self._allowed(allowed_special)
+        special_re = self._special_re(allowed) if allowed else None
+        hold = max((len(s) for s in allowed), default=1) - 1  # characters that may start a special
+        buf = ""
+        for line in lines:
+            check_unicode(line, "line")
+            buf += line
+            ids, cut = self._encode_final_prefix(buf, special_re, hold)
+            yield from ids
+            buf = buf[cut:]
+        yield from self.encode(buf, allowed)
+
+    def _encode_final_prefix(self, buf: str, special_re: "re.Pattern[str] | None", hold: int) -> tuple[list[int], int]:
+        """(ids, cut): the ids of ``buf[:cut]``, the longest prefix that no continuation changes."""
+        decided = len(buf) - hold  # a special can start at p < decided only as matched now
+        ids: list[int] = []
+        start = 0  # end of the last decided special match
+        if special_re is not None:
+            for m in special_re.finditer(buf):
+                if m.start() >= decided:
+                    break
+                ids.extend(self._encode_ordinary(buf[start : m.start()]))
+                ids.append(self.special_tokens[m.group()])
+                start = m.end()
+        # buf[start:decided] is ordinary text, whatever comes next
+        cut = start + self._stream_cut(buf[start:max(start, decided)])
+        ids.extend(self._encode_ordinary(buf[start:cut]))
+        return ids, cut
+
+    def _stream_cut(self, text: str) -> int:
+        """A position i such that, for every continuation s, the ordinary ids of ``text + s``
+        are those of ``text[:i]`` followed by those of ``text[i:] + s``."""
+        return 0  # always true; subclasses find a later one
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids ``(T,)`` (a list, or a 1-D integer NumPy array) -> text.
@@ -211,7 +300,7 @@ class Tokenizer:
         v = self.vocab_size
         for pos, i in enumerate(out):
             if not 0 <= i < v:
-                raise ValueError(f"id {i} at position {pos} is outside the vocabulary range(0, {v})")
+                raise ValueError(f"id {i} at position {pos} is outside the vocabulary: ids are 0 .. {v - 1} (vocab_size {v})")
         return out
 
     def _encode_ordinary(self, text: str) -> list[int]:  # pragma: no cover - abstract

@@ -3,12 +3,17 @@
 Generation repeats one step: run the model on the tokens so far, take the logits of the last
 position, turn them into a distribution over the next token, draw one token, append it:
 
+    l_i   = -inf  for i in suppress_ids             tokens never to sample (special tokens)
     z     = (l - max(l)) / temperature              logits of the last position, scaled
     z     = top_p_filter(top_k_filter(z, k), p)     outside tokens get -inf (top-k first, as HF)
     p     = softmax(z)                              renormalised over the kept tokens
     token = sample_from_probs(p, u),  u ~ U[0, 1)   inverse CDF: the first i with CDF_i > u
 
 ``temperature=0`` is greedy decoding: ``argmax(l)``, ties going to the lowest token id.
+
+``suppress_ids`` (for example a tokenizer's special ids other than ``eos``) get probability
+exactly 0 before temperature, top-k and top-p, so they are never sampled, greedy included;
+``eos_id`` is never suppressed, even if listed, so it still ends a row.
 
 Every uniform ``u`` comes from ``np.random.default_rng(seed)``, one per row per step (drawn for
 finished rows too, so one row's randomness never depends on another's), and the distribution
@@ -38,13 +43,13 @@ and per-row prompt lengths (pad your prompts yourself).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from minilm.config import LSTMConfig, TransformerConfig
 
-__all__ = ["generate", "top_k_filter", "top_p_filter", "sample_from_probs"]
+__all__ = ["generate", "top_k_filter", "top_p_filter", "sample_from_probs", "suppress_mask"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,11 +134,18 @@ def next_token(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    suppress: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One sampling step: last-position logits (N, V) and uniforms (N,) -> token ids (N,)."""
+    """One sampling step: last-position logits (N, V) and uniforms (N,) -> token ids (N,).
+
+    ``suppress``: None or a (V,) bool mask (``suppress_mask``) of tokens never to sample.
+    """
     logits = np.asarray(logits, dtype=np.float64)
     if not np.all(np.isfinite(np.max(logits, axis=-1))):
         raise ValueError("the model produced logits whose maximum is NaN or inf")
+    if suppress is not None:
+        # l_i = -inf for suppressed i: probability exactly 0 under every rule below
+        logits = np.where(suppress, -np.inf, logits)  # (N, V)
     if temperature == 0.0:
         # greedy: argmax, ties -> lowest id (np.argmax returns the first maximum)
         return np.argmax(logits, axis=-1).astype(np.int64)  # (N,)
@@ -255,6 +267,32 @@ def check_prompt(idx: np.ndarray, vocab_size: int) -> None:
         )
 
 
+def suppress_mask(suppress_ids: Iterable[int] | None, eos_id: int | None, vocab_size: int) -> np.ndarray | None:
+    """The (V,) bool mask of tokens never to sample: ``suppress_ids`` minus ``eos_id``.
+
+    None when nothing is suppressed. ValueError for an id that is not an int in [0, V), or
+    when every token would be suppressed (nothing left to sample).
+
+    >>> suppress_mask([0, 2, 3], eos_id=3, vocab_size=4)
+    array([ True, False,  True, False])
+    """
+    if suppress_ids is None:
+        return None
+    if isinstance(suppress_ids, (str, bytes)) or not isinstance(suppress_ids, Iterable):
+        raise ValueError(f"suppress_ids must be None or an iterable of token ids, got {suppress_ids!r}")
+    ids = list(suppress_ids)
+    for i in ids:
+        if not _is_int(i) or not 0 <= i < vocab_size:
+            raise ValueError(f"suppress_ids holds {i!r}, not a token id in [0, {vocab_size})")
+    mask = np.zeros(vocab_size, dtype=bool)  # (V,)
+    mask[np.asarray(ids, dtype=np.int64)] = True
+    if eos_id is not None:
+        mask[eos_id] = False  # eos still ends generation
+    if mask.all():
+        raise ValueError(f"suppress_ids suppresses all {vocab_size} token ids: nothing left to sample")
+    return mask if mask.any() else None
+
+
 def model_kind(model: Any) -> str:
     """'transformer' or 'lstm', read from the model's config."""
     config = getattr(model, "config", None)
@@ -284,6 +322,7 @@ def generate(
     eos_id: int | None = None,
     seed: int | np.random.Generator | None = None,
     use_cache: bool = True,
+    suppress_ids: Iterable[int] | None = None,
 ) -> np.ndarray:
     """Continue each prompt by ``max_new_tokens`` sampled tokens.
 
@@ -303,6 +342,10 @@ def generate(
         seed: seed (or a ``np.random.Generator``) for the uniforms, one per row per step.
         use_cache: reuse past keys/values (Transformer) or carry the recurrent state (LSTM);
             gives the same tokens as ``use_cache=False``, faster.
+        suppress_ids: token ids never to sample (probability 0 before temperature, top-k
+            and top-p), e.g. the tokenizer's special ids; ``eos_id`` is never suppressed,
+            even if listed. ValueError for an id outside [0, V) or if every id would be
+            suppressed.
 
     Returns:
         (B * num_return_sequences, T + max_new_tokens) int64: the prompts, then new tokens.
@@ -312,6 +355,7 @@ def generate(
     check_sampling_args(
         max_new_tokens, temperature, top_k, top_p, num_return_sequences, eos_id, vocab_size
     )
+    suppress = suppress_mask(suppress_ids, eos_id, vocab_size)  # (V,) bool, or None
     idx = np.asarray(idx)
     check_prompt(idx, vocab_size)
     temperature = float(temperature)
@@ -330,7 +374,7 @@ def generate(
     for t in range(T, T + max_new_tokens):
         logits = steps(out[:, :t])  # (N, V)
         u = rng.random(N)  # (N,) one uniform per row, finished rows included
-        tok = next_token(logits, u, temperature, top_k, top_p)  # (N,)
+        tok = next_token(logits, u, temperature, top_k, top_p, suppress)  # (N,)
         if eos_id is not None:
             tok = np.where(done, eos_id, tok)  # finished rows are padded with eos_id
             done |= tok == eos_id

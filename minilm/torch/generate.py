@@ -2,6 +2,7 @@
 
 The same algorithm, line for line, with torch ops on the model's device:
 
+    l_i   = -inf  for i in suppress_ids             tokens never to sample (special tokens)
     z     = (l - max(l)) / temperature              logits of the last position, scaled
     z     = top_p_filter(top_k_filter(z, k), p)     outside tokens get -inf (top-k first, as HF)
     p     = softmax(z)                              renormalised over the kept tokens
@@ -28,12 +29,12 @@ and per-row prompt lengths (pad your prompts yourself).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from minilm.numpy.generate import check_sampling_args, model_kind
+from minilm.numpy.generate import check_sampling_args, model_kind, suppress_mask
 
 __all__ = ["generate", "top_k_filter", "top_p_filter", "sample_from_probs"]
 
@@ -112,11 +113,18 @@ def next_token(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    suppress: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One sampling step: last-position logits (N, V) and uniforms (N,) -> token ids (N,)."""
+    """One sampling step: last-position logits (N, V) and uniforms (N,) -> token ids (N,).
+
+    ``suppress``: None or a (V,) bool mask (``suppress_mask``) of tokens never to sample.
+    """
     logits = logits.double()
     if not bool(torch.all(torch.isfinite(torch.amax(logits, dim=-1)))):
         raise ValueError("the model produced logits whose maximum is NaN or inf")
+    if suppress is not None:
+        # l_i = -inf for suppressed i: probability exactly 0 under every rule below
+        logits = logits.masked_fill(suppress, -torch.inf)  # (N, V)
     if temperature == 0.0:
         # greedy: argmax, ties -> lowest id (torch.argmax returns the first maximum)
         return torch.argmax(logits, dim=-1).long()  # (N,)
@@ -221,6 +229,7 @@ def generate(
     eos_id: int | None = None,
     seed: int | np.random.Generator | None = None,
     use_cache: bool = True,
+    suppress_ids: Iterable[int] | None = None,
 ) -> torch.Tensor:
     """Continue each prompt by ``max_new_tokens`` sampled tokens.
 
@@ -241,6 +250,10 @@ def generate(
             the same NumPy stream as the NumPy twin.
         use_cache: reuse past keys/values (Transformer) or carry the recurrent state (LSTM);
             gives the same tokens as ``use_cache=False``, faster.
+        suppress_ids: token ids never to sample (probability 0 before temperature, top-k
+            and top-p), e.g. the tokenizer's special ids; ``eos_id`` is never suppressed,
+            even if listed. ValueError for an id outside [0, V) or if every id would be
+            suppressed.
 
     Returns:
         (B * num_return_sequences, T + max_new_tokens) long tensor on the model's device.
@@ -250,7 +263,12 @@ def generate(
     check_sampling_args(
         max_new_tokens, temperature, top_k, top_p, num_return_sequences, eos_id, vocab_size
     )
+    if isinstance(suppress_ids, torch.Tensor):
+        suppress_ids = suppress_ids.tolist()
+    suppress = suppress_mask(suppress_ids, eos_id, vocab_size)  # (V,) bool, or None
     device = _device_of(model)
+    if suppress is not None:
+        suppress = torch.from_numpy(suppress).to(device)  # (V,)
     idx = torch.as_tensor(idx)
     check_prompt(idx, vocab_size)
     idx = idx.to(device=device, dtype=torch.long)
@@ -276,7 +294,7 @@ def generate(
                 logits = steps(out[:, :t])  # (N, V)
                 # (N,) one uniform per row from the NumPy generator, finished rows included
                 u = torch.from_numpy(rng.random(N)).to(device)
-                tok = next_token(logits, u, temperature, top_k, top_p)  # (N,)
+                tok = next_token(logits, u, temperature, top_k, top_p, suppress)  # (N,)
                 if eos_id is not None:
                     tok = tok.masked_fill(done, eos_id)  # finished rows are padded with eos_id
                     done |= tok == eos_id
