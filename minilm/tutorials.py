@@ -53,10 +53,16 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures become i
 def show(*objects: Any) -> None:
     """Display the source code of each function, class or module in ``objects``.
 
+    A Triton kernel (``@triton.jit``, also under ``TRITON_INTERPRET=1``) shows the Python
+    function it was written as.
+
     In a notebook the code is rendered with syntax highlighting (``IPython.display.Code``);
     run as a plain script (``python tutorials/03_softmax.py``) it is printed.
     """
     for obj in objects:
+        plain = inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj) or inspect.ismodule(obj)
+        if not plain and inspect.isfunction(getattr(obj, "fn", None)):
+            obj = obj.fn  # a @triton.jit kernel (compiled or interpreted) wraps its Python function
         try:
             source = inspect.getsource(obj)
         except (TypeError, OSError) as e:
