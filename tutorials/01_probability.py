@@ -249,7 +249,8 @@ assert excess[1e-9][sizes == 1000][0] > 3 * excess[1.0][sizes == 1000][0]
 # cross-entropy, and it can only approach the entropy of the data from above; and a model
 # with more parameters than its data can pin down does worse on new text than on the text it
 # counted (chapter 12 measures the same thing for a Transformer).
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # Graded by the classroom assignment **likelihood**: `minilm assignment make likelihood --out hw/`

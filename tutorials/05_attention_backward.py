@@ -187,7 +187,8 @@ assert err_delta < 1e-13
 # backward five ($QK^\top$ again to recompute $P$, then $dV$, $dP$, $dQ$, $dK$), which is why
 # benchmarks count the backward as about 2.5 times the forward. And it needs $P$, an
 # $L \times S$ matrix per head: the memory problem chapter 6 removes.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # Graded by the classroom assignment **attention-backward**:

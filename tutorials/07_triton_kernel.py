@@ -245,7 +245,8 @@ assert rows[90]["wgmma"] == "yes"
 # Compare the two rows: the same source compiled for Hopper uses wgmma, which reads its
 # operands from shared memory rather than registers, and typically needs fewer registers
 # per thread than Ampere's `mma` for the same tile, and more shared memory to feed it.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # Graded by the classroom assignment **triton-flash**: `minilm assignment make triton-flash --out hw/`
