@@ -162,7 +162,7 @@ for b, ax in enumerate(axes):
     ax.set_title(f"{docs_[b]!r}: {len(seqs[b])} tokens", fontsize=9)
     ax.set_xlabel("key j")
 axes[0].set_ylabel("query i")
-fig.suptitle("which keys each query may see (dark): causal, and never a pad")
+fig.suptitle("which keys each query may see (dark): causal, and never a pad", y=1.04)
 plt.show()
 
 # %% [markdown]
