@@ -161,15 +161,17 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# **Measured:** all 12 case-dtype pairs pass (out, dq, dk and dv each). Where PyTorch makes
-# any error at all, the kernel's is never more than 3 times PyTorch's (the rule allows 6), and
-# the median ratio is below 1.0: the kernel is as accurate as the dtype allows.
+# **Measured:** all 12 case-dtype pairs pass (out, dq, dk and dv each). Under the
+# interpreter, where PyTorch makes any error at all, the kernel's is never more than 3 times
+# PyTorch's (the rule allows 6), and the median ratio is below 1.0: the kernel is as accurate
+# as the dtype allows. (On a GPU, where both round differently, only the rule is checked.)
 
 # %%
 ratio = ours / torchs
 print(f"kernel error / PyTorch error: median {np.median(ratio):.2f}, worst {ratio.max():.2f}")
 assert report.passed and len(report.results) == 12
-assert ratio.max() <= 3 and np.median(ratio) < 1.0
+if fa.INTERPRET:
+    assert ratio.max() <= 3 and np.median(ratio) < 1.0
 
 # %% [markdown]
 # A suite that passes everything proves nothing until it has failed something. Here is a
