@@ -229,9 +229,9 @@ def add_parser(sub: Any) -> None:
                    help="the tutorials folder (default: tutorials/ of minilm's checkout)")
     actions = p.add_subparsers(dest="tutorials_action", metavar="ACTION", required=True,
                                parser_class=type(p))
-    actions.add_parser("list", help="the table of contents with each chapter's run time",
-                       description="The chapters in order, with the run time measured by "
-                                   "'build --execute --record' (tutorials/timings.json).")
+    listing = actions.add_parser("list", help="the table of contents with each chapter's run time",
+                                 description="The chapters in order, with the run time measured by "
+                                             "'build --execute --record' (tutorials/timings.json).")
     b = actions.add_parser(
         "build", help="write a .ipynb per chapter (run them with --execute)",
         description="Convert chapters to notebooks; with --execute, run each on a kernel of "
@@ -244,6 +244,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--timeout", type=float, default=600, help="seconds allowed per cell (default 600)")
     b.add_argument("--record", action="store_true",
                    help="with --execute: also merge the run times into tutorials/timings.json")
+    for action in (listing, b):  # --dir before or after the action
+        action.add_argument("--dir", default=argparse.SUPPRESS, help="the tutorials folder")
     p.set_defaults(handler=run)
 
 

@@ -142,6 +142,8 @@ def test_build_writes_one_notebook_per_chapter(tmp_path, capsys):
 def test_tutorials_command_errors(tmp_path, capsys, monkeypatch):
     assert cli.main(["tutorials", "--dir", str(tmp_path / "nowhere"), "list"]) == 1
     assert "no tutorials folder" in capsys.readouterr().err
+    assert cli.main(["tutorials", "list", "--dir", str(tmp_path / "nowhere")]) == 1
+    assert "no tutorials folder" in capsys.readouterr().err
     assert cli.main(["tutorials", "build", "99"]) == 1
     assert "no chapter '99'" in capsys.readouterr().err
     assert cli.main(["tutorials", "build", "--record"]) == 1
