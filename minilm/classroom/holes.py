@@ -111,7 +111,8 @@ def cut(source: str, qualname: str, kind: str = "function", message: str | None 
                             f"inside the function, in that order; found {len(begins)} and {len(ends)}")
         b, e = begins[0], ends[0]
         indent = lines[b - 1][: comments[b][0]]
-        kept = [lines[n - 1] for n in range(b + 1, e) if n in comments and not lines[n - 1][: comments[n][0]].strip()]
+        kept = [f"{indent}{comments[n][1]}\n" for n in range(b + 1, e)
+                if n in comments and not lines[n - 1][: comments[n][0]].strip()]
         new = [lines[b - 1], *kept, _raise_line(indent, message), lines[e - 1]]
         return "".join(lines[: b - 1] + new + lines[e:])
     if kind != "function":
