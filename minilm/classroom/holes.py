@@ -102,9 +102,13 @@ def cut(source: str, qualname: str, kind: str = "function", message: str | None 
     message = message or f"{qualname}: implement this"
     comments = _comments(source)
     if kind == "region":
-        begins = [n for n in range(fn.lineno, fn.end_lineno + 1)
+        last = fn.end_lineno  # the tree ends at the last statement: take the comments after it too
+        while last < len(lines) and (not lines[last].strip() or (
+                last + 1 in comments and comments[last + 1][0] > fn.col_offset and not lines[last][: comments[last + 1][0]].strip())):
+            last += 1
+        begins = [n for n in range(fn.lineno, last + 1)
                   if n in comments and comments[n][1].strip().upper().startswith(BEGIN)]
-        ends = [n for n in range(fn.lineno, fn.end_lineno + 1)
+        ends = [n for n in range(fn.lineno, last + 1)
                 if n in comments and comments[n][1].strip().upper().startswith(END)]
         if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
             raise HoleError(f"{qualname}: a region hole needs one {BEGIN!r} and one {END!r} comment "
