@@ -84,6 +84,7 @@ class Assignment:
     checks: str  # module with the check functions
     env: dict[str, str] = field(default_factory=dict)  # environment of the worker (TRITON_INTERPRET)
     extras: tuple[str, ...] = ()  # minilm extras the grader needs (setup.sh installs them)
+    preload: tuple[str, ...] = ()  # modules the worker imports before any test starts
 
     @property
     def points(self) -> float:
@@ -102,7 +103,8 @@ def _assignment_from_dict(d: dict[str, Any], where: str) -> Assignment:
         tests = tuple(Test(**t) for t in d["tests"])
         a = Assignment(name=d["name"], title=d["title"], chapter=int(d["chapter"]), summary=d["summary"],
                        files=dict(d["files"]), holes=holes, tests=tests, checks=d["checks"],
-                       env=dict(d.get("env", {})), extras=tuple(d.get("extras", ())))
+                       env=dict(d.get("env", {})), extras=tuple(d.get("extras", ())),
+                       preload=tuple(d.get("preload", ())))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{where}: bad assignment manifest ({exc})") from exc
     names = [h.name for h in a.holes]
@@ -142,7 +144,7 @@ def load_assignment(name: str) -> Assignment:
 
 def make(name: str, out: str | Path, solution: bool = False, force: bool = False) -> Path:
     """Write the student's folder (or with ``solution`` the complete key) for ``name``."""
-    from minilm.classroom.make import make_folder
+    from minilm.classroom.folders import make_folder
 
     return make_folder(load_assignment(name), Path(out), solution=solution, force=force)
 
@@ -157,6 +159,6 @@ def grade(folders: Any, *, json_path: str | Path | None = None, visible_only: bo
 
 def gradescope_zip(name: str, out: str | Path) -> Path:
     """Write Gradescope's autograder zip (setup.sh, run_autograder, the assignment, minilm)."""
-    from minilm.classroom.make import gradescope_zip as _zip
+    from minilm.classroom.folders import gradescope_zip as _zip
 
     return _zip(load_assignment(name), Path(out))

@@ -109,11 +109,12 @@ class Report:
         a = self.assignment
         rows = [f"{a.name}: {a.title} (chapter {a.chapter}) -- {self.folder}", ""]
         w = max([len(t.name) for t in self.tests] + [4])
-        rows.append(f"{'test':<{w}}  {'hole':<26} {'property':<11} {'score':>9}  ")
+        hw = max([len(t.hole) for t in self.tests] + [4])
+        rows.append(f"{'test':<{w}}  {'hole':<{hw}}  {'property':<11} {'score':>9}  ")
         for t in self.tests:
             mark = "ok  " if t.passed else "FAIL"
             hidden = "" if t.visibility == "visible" else " (hidden)"
-            rows.append(f"{t.name:<{w}}  {t.hole:<26} {t.property:<11} {t.score:>4g}/{t.max_score:<4g} {mark}{hidden}")
+            rows.append(f"{t.name:<{w}}  {t.hole:<{hw}}  {t.property:<11} {t.score:>4g}/{t.max_score:<4g} {mark}{hidden}")
             if not t.passed:
                 first = t.output.strip().splitlines()[0] if t.output.strip() else ""
                 if len(first) > width:
@@ -121,7 +122,7 @@ class Report:
                 rows.append(f"{'':<{w}}    {first}")
         rows.append("")
         for h, (s, m) in self.by_hole().items():
-            rows.append(f"  {h:<30} {s:>5g}/{m:g}")
+            rows.append(f"  {h:<{hw}} {s:>5g}/{m:g}")
         rows.append(f"total {self.score:g}/{self.max_score:g}")
         return "\n".join(rows)
 

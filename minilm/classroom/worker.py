@@ -105,6 +105,13 @@ class Worker:
         self.events = events
         self.a: Assignment = load_assignment(plan["assignment"])
         self.checks = importlib.import_module(self.a.checks)
+        # what the checks import lazily is imported now, outside any test's timeout: an alarm
+        # inside `import torch` would leave a half-initialised module for every later test
+        for name in ("torch", "torch.nn.functional", *self.a.preload):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
         # the library's modules and the real hole functions, captured before the tripwires go in
         self.lib_modules = {f: importlib.import_module(m) for f, m in self.a.files.items()}
         self.reference: dict[str, Any] = {}

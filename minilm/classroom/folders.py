@@ -218,20 +218,23 @@ python3 -m pip install --extra-index-url https://download.pytorch.org/whl/cpu ".
         (root / "run_autograder").write_text(f"""#!/usr/bin/env bash
 # Gradescope runs this for every submission: put the submitted files into a fresh copy of the
 # assignment folder, grade it, and write /autograder/results/results.json.
+# (AUTOGRADER_ROOT and PYTHON may be set to try it outside Gradescope.)
 set -uo pipefail
-work=/autograder/work
-rm -rf "$work" && cp -r /autograder/source/assignment "$work"
+root=${{AUTOGRADER_ROOT:-/autograder}}
+python=${{PYTHON:-python3}}
+work="$root/work"
+rm -rf "$work" && cp -r "$root/source/assignment" "$work"
 for f in {files}; do
-    src=$(find /autograder/submission -type f -name "$f" | head -n 1)
+    src=$(find "$root/submission" -type f -name "$f" | head -n 1)
     if [ -n "$src" ]; then
         cp "$src" "$work/$f"
     else
         echo "the submission has no $f: its functions are graded as not implemented"
     fi
 done
-mkdir -p /autograder/results
+mkdir -p "$root/results"
 cd "$work"
-python3 -m minilm assignment grade "$work" --json /autograder/results/results.json
+"$python" -m minilm assignment grade "$work" --json "$root/results/results.json"
 """, "utf-8")
         for script in ("setup.sh", "run_autograder"):
             p = root / script
