@@ -51,6 +51,17 @@ def _rewrite(new_def: str):
     return lambda source, qualname: holes.replace_function(source, qualname, textwrap.dedent(new_def))
 
 
+def _wrap(new_def: str):
+    """A mutant: the key's function is renamed ``_key_<name>`` and a buggy wrapper of it takes its
+    name. It depends only on what the function returns, so it survives edits to the library."""
+    def apply(source: str, qualname: str) -> str:
+        fn = holes.find_function(ast.parse(source), qualname)
+        lines = source.splitlines(keepends=True)
+        lines[fn.lineno - 1] = lines[fn.lineno - 1].replace(f"def {fn.name}(", f"def _key_{fn.name}(", 1)
+        return "".join(lines) + "\n\n" + textwrap.dedent(new_def)
+    return apply
+
+
 _ATTN_BWD = """
 def scaled_dot_product_attention_backward(dout, q, k, v, attn_mask=None, is_causal=False, scale=None):
     q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
@@ -161,8 +172,11 @@ MUTANTS: dict[str, dict[str, tuple[str, str, object]]] = {
                 db = dy.reshape(-1, C).sum(axis=0)
                 return rstd * dy * w, dw, db
             """)),
-        "a transposed weight gradient (dW = x^T dy)": ("layers.py", "linear_backward", _edit(
-            "dW = dy2.T @ x2", "dW = x2.T @ dy2")),
+        "a transposed weight gradient (dW = x^T dy)": ("layers.py", "linear_backward", _wrap("""
+            def linear_backward(dy, cache):
+                dx, dW, db = _key_linear_backward(dy, cache)
+                return dx, dW.T, db
+            """)),
         "GELU backward missing the tanh' term": ("layers.py", "gelu_backward", _rewrite("""
             def gelu_backward(dy, cache):
                 x, t = cache
@@ -170,10 +184,17 @@ MUTANTS: dict[str, dict[str, tuple[str, str, object]]] = {
             """)),
     },
     "transformer-block": {
-        "block backward forgetting the residual path": ("layers.py", "block_backward", _edit(
-            "dx = dy + dx_branch", "dx = dx_branch")),
-        "attention backward forgetting x's gradient through k and v": ("layers.py", "attention_backward", _edit(
-            "dx += dxk", "pass")),
+        "block backward forgetting the residual path": ("layers.py", "block_backward", _wrap("""
+            def block_backward(dy, cache):
+                dx, g = _key_block_backward(dy, cache)
+                return dx - dy, g
+            """)),
+        "attention backward with a transposed o_proj gradient": ("layers.py", "attention_backward", _wrap("""
+            def attention_backward(dy, cache):
+                dx, g = _key_attention_backward(dy, cache)
+                g["o_proj.weight"] = g["o_proj.weight"].T.copy()
+                return dx, g
+            """)),
     },
     "lstm": {
         "forget gate without sigmoid'": ("lstm.py", "_step_backward", _edit(
