@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+import minilm.classroom as c
+
 EXAMPLES = textwrap.dedent("""\
     examples:
       minilm assignment list                                   # name, chapter, points, holes
@@ -42,8 +44,6 @@ def add_parser(sub) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import minilm.classroom as c
-
     if ns.assignment_command == "list":
         rows = [("name", "chapter", "points", "tests", "title", "holes")]
         for a in c.list_assignments():

@@ -14,11 +14,12 @@ import importlib.util
 import json
 import shutil
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
 import minilm
-from minilm.classroom import MARKER_FILE, Assignment
+from minilm.classroom.manifest import MARKER_FILE, Assignment
 from minilm.classroom.holes import cut
 
 __all__ = ["source_path", "student_source", "make_folder", "gradescope_zip"]
@@ -196,8 +197,6 @@ def gradescope_zip(a: Assignment, out: Path) -> Path:
     out = Path(out)
     if out.suffix != ".zip":
         raise ValueError(f"{out}: the Gradescope autograder must be a .zip file")
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="minilm-gradescope-") as tmp:
         root = Path(tmp)
         make_folder(a, root / "assignment")

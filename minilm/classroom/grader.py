@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import minilm
-from minilm.classroom import MARKER_FILE, Assignment, Test, load_assignment
+from minilm.classroom.manifest import MARKER_FILE, Assignment, Test, load_assignment
 
 GRACE_S = 10.0  # the watchdog's margin over a test's own timeout (the alarm should fire first)
 IMPORT_TIMEOUT_S = 30.0  # importing a student's files

@@ -38,7 +38,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
-from minilm.classroom import Assignment, load_assignment
+from minilm.classroom.manifest import Assignment, load_assignment
 
 _MAX_OUTPUT = 2000  # characters of a test's message kept in the results
 

@@ -53,14 +53,14 @@ def close(actual: Any, expected: Any, name: str, atol: float = 1e-8, rtol: float
     a, e = actual.astype(np.float64), expected.astype(np.float64)
     if np.isnan(a).any() and not np.isnan(e).any():
         i = tuple(int(j) for j in np.argwhere(np.isnan(a))[0])
-        raise AssertionError(f"{name}: NaN at index {i} where the reference is {e[i]!r} "
+        raise AssertionError(f"{name}: NaN at index {i} where the reference is {float(e[i])!r} "
                              f"({int(np.isnan(a).sum())} NaN in all)")
     ok = np.isclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
     if not ok.all():
         err = max_errors(a, e)
         i = tuple(int(j) for j in np.argwhere(~ok)[0])
         raise AssertionError(f"{name}: {int((~ok).sum())} of {ok.size} values differ from the reference "
-                             f"(first at index {i}: yours {a[i]!r}, reference {e[i]!r}; "
+                             f"(first at index {i}: yours {float(a[i])!r}, reference {float(e[i])!r}; "
                              f"largest abs. error {err.get('max_abs', '?')})")
     return f"{name}: max abs error {max_errors(a, e)['max_abs']:.1e}"
 
