@@ -480,7 +480,7 @@ def test_broken_folders_score_zero_with_a_message(tmp_path, monkeypatch):
     import time
 
     t0 = time.perf_counter()
-    reports = classroom.grade(folders, timeout=3.0)
+    reports = classroom.grade(folders, timeout=4.0)
     assert time.perf_counter() - t0 < 90
     syn, imp, lp, wt, bor, zer = reports
     for t in syn.tests:

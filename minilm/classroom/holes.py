@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import io
+import textwrap
 import tokenize
 
 __all__ = ["BEGIN", "END", "HoleError", "cut", "find_function", "replace_function", "strip_markers"]
@@ -88,7 +89,13 @@ def _target_name(stmt: ast.stmt) -> str | None:
 
 
 def _raise_line(indent: str, message: str) -> str:
-    return f"{indent}raise NotImplementedError({message!r})\n"
+    """``raise NotImplementedError("...")``, the message split over lines of ~90 columns."""
+    one = f"{indent}raise NotImplementedError({message!r})\n"
+    if len(one) <= 96:
+        return one
+    parts = textwrap.wrap(message, width=max(40, 86 - len(indent)), drop_whitespace=False)
+    body = "".join(f"{indent}    {part!r}\n" for part in parts)
+    return f"{indent}raise NotImplementedError(\n{body}{indent})\n"
 
 
 def cut(source: str, qualname: str, kind: str = "function", message: str | None = None) -> str:
