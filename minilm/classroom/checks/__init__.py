@@ -19,7 +19,7 @@ import numpy as np
 
 from minilm.testing import max_errors
 
-__all__ = ["array", "close", "torch64", "grads_of", "check"]
+__all__ = ["array", "close", "torch64", "grads_of", "check", "rng"]
 
 
 def check(cond: Any, message: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minilm.classroom.checks import check, close, grads_of, rng, torch64
+from minilm.classroom.checks import close, grads_of, rng, torch64
 from minilm.testing import numerical_grad
 
 
