@@ -545,7 +545,7 @@ def test_student_folder_readme_and_visible_tests(tmp_path):
     readme = (hw / "README.md").read_text()
     assert "1. `_bias`" in readme and "2. `_attention_weights`" in readme and "minilm assignment grade . --visible" in readme
     src = (hw / "attention.py").read_text()
-    assert "raise NotImplementedError('_bias: " in src and "def scaled_dot_product_attention(" in src
+    assert "raise NotImplementedError(\n        '_bias: " in src and "def scaled_dot_product_attention(" in src
     visible = [t for t in load_assignment("attention").tests if t.visible]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_visible.py"],
                           cwd=hw, capture_output=True, text=True, timeout=300)
