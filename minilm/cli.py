@@ -86,6 +86,7 @@ EVAL_EXAMPLES = _fmt("""
 # stays fast.
 COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
+COMMAND_MODULES.append("minilm.classroom.command")  # minilm assignment list|make|grade|gradescope
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)

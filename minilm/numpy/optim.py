@@ -399,6 +399,7 @@ def cosine_schedule(step: int, max_lr: float, min_lr: float, warmup_steps: int,
     min_lr = _check_number("cosine_schedule", "min_lr", min_lr)
     if min_lr > max_lr:
         raise ValueError(f"cosine_schedule: min_lr={min_lr} must not exceed max_lr={max_lr}")
+    # BEGIN SOLUTION
     if step < warmup_steps:
         # lr = max_lr * (step + 1) / (warmup_steps + 1)
         return max_lr * (step + 1) / (warmup_steps + 1)
@@ -409,3 +410,4 @@ def cosine_schedule(step: int, max_lr: float, min_lr: float, warmup_steps: int,
     # lr = min_lr + (1 + cos(pi r)) / 2 * (max_lr - min_lr)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
     return min_lr + coeff * (max_lr - min_lr)
+    # END SOLUTION
