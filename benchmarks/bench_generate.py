@@ -44,7 +44,6 @@ TARGET_SPEEDUP = 3.0  # the issue's target: the cache makes 256-token generation
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench_generate.py",
         description="Time generation with and without the KV cache (NumPy and PyTorch twins).",
     )
     p.add_argument("--n-layer", type=int, default=4, help="Transformer blocks (default 4)")

@@ -44,7 +44,6 @@ def _default_data() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="bench_quality",
         description="Validation loss and wall time of the shakespeare-char Transformer and LSTM "
                     "presets against nanoGPT's laptop run (val loss 1.88 in ~2 minutes).")
     p.add_argument("--data", default=None,

@@ -64,7 +64,6 @@ GRAD_CLIP, LR = 1.0, 1e-3
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench_train_step.py",
         description="Time one training step (forward, backward, clip, AdamW) of each NumPy "
                     "model against its PyTorch twin on the CPU.")
     p.add_argument("--models", default="transformer,lstm", help="comma list of transformer, lstm")
