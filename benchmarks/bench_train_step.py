@@ -62,8 +62,9 @@ VOCAB, BATCH, WINDOW = 65, 12, 64
 GRAD_CLIP, LR = 1.0, 1e-3
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=prog,  # minilm bench NAME passes its own name
         description="Time one training step (forward, backward, clip, AdamW) of each NumPy "
                     "model against its PyTorch twin on the CPU.")
     p.add_argument("--models", default="transformer,lstm", help="comma list of transformer, lstm")
@@ -218,8 +219,8 @@ def _time_interleaved(steps: dict[str, tuple[Callable, list]], warmup: int, repe
     return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = _parse(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ns = _parse(argv, prog)
     import torch
 
     torch.set_num_threads(ns.threads)

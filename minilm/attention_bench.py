@@ -229,7 +229,7 @@ def _sdpa_impls(device: str, dtypes: list[str]) -> list[Impl]:
     return impls
 
 
-def _triton_impl(device: str, dtypes: list[str]) -> Impl | None:
+def _triton_impl(device: str, dtypes: list[str]) -> Impl:
     """The Triton kernel: timed on CUDA; on a CPU checked under the interpreter, never timed."""
     if not device.startswith("cuda") and "minilm.kernels" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import
@@ -442,22 +442,22 @@ def _limits(device: str, dtypes: list[str], threads: int, quick: bool) -> dict:
     import torch
 
     limits: dict[str, Any] = {"gemm_flops": {}, "copy_bytes_per_s": {}}
-    n = 512 if quick else 1024
+    n, min_time = (256, 0.05) if quick else (1024, 0.3)
     if device == "cpu":
         for dt in dtypes:
             if dt in NUMPY_DTYPES:
                 a = np.random.default_rng(0).standard_normal((n, n)).astype(dt)
-                t = min(_time_cpu(lambda a=a: a @ a, 5, 0.3, threads))
+                t = min(_time_cpu(lambda a=a: a @ a, 5, min_time, threads))
                 limits["gemm_flops"][f"numpy/{dt}"] = 2.0 * n**3 / t
             a = torch.randn(n, n, dtype=getattr(torch, dt))
-            t = min(_time_cpu(lambda a=a: a @ a, 5, 0.3, threads))
+            t = min(_time_cpu(lambda a=a: a @ a, 5, min_time, threads))
             limits["gemm_flops"][f"torch/{dt}"] = 2.0 * n**3 / t
-        src = np.ones(2**23, np.float32)  # 32 MiB
+        src = np.ones(2**23, np.float32)  # 32 MiB, more than a last-level cache
         dst = np.empty_like(src)
-        t = min(_time_cpu(lambda: np.copyto(dst, src), 5, 0.3, threads))
+        t = min(_time_cpu(lambda: np.copyto(dst, src), 5, min_time, threads))
         limits["copy_bytes_per_s"]["numpy"] = 2.0 * src.nbytes / t  # read + write
         tsrc, tdst = torch.from_numpy(src), torch.from_numpy(dst)
-        t = min(_time_cpu(lambda: tdst.copy_(tsrc), 5, 0.3, threads))
+        t = min(_time_cpu(lambda: tdst.copy_(tsrc), 5, min_time, threads))
         limits["copy_bytes_per_s"]["torch"] = 2.0 * src.nbytes / t
     else:
         n = 8192
@@ -565,15 +565,14 @@ def run_benchmark(
     if not gpu:
         impls += _numpy_impls() + _torch_twin_impls()
     impls += _sdpa_impls(device, dtypes)
-    tri = _triton_impl(device, dtypes)
-    if tri is not None:
-        impls.append(tri)
+    if not only or "triton" in only:  # (the check under the interpreter takes a few seconds)
+        impls.append(_triton_impl(device, dtypes))
     if gpu:
         fa = _flash_attn_impl()
         if fa is not None:
             impls.append(fa)
     if only:
-        unknown = sorted(set(only) - {i.name for i in impls})
+        unknown = sorted(set(only) - {i.name for i in impls} - {"triton"})
         if unknown:
             raise ValueError(f"--only {','.join(unknown)}: not available here; available: "
                              f"{', '.join(i.name for i in impls)}")
@@ -784,6 +783,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             p.error("plots need the 'matplotlib' package: pip install matplotlib, or pass --plots ''")
     causal = {"both": [False, True], "true": [True], "false": [False]}[ns.causal]
     try:
+        for spec in ns.impl:  # a misspelt plug-in fails now, not after the limits are measured
+            load_plugin(spec)
         result = run_benchmark(lengths=ns.lengths, head_dims=ns.head_dims, dtypes=ns.dtypes,
                                modes=ns.modes, causal=causal, batch=ns.batch, heads=ns.heads,
                                plugins=ns.impl, only=ns.only, device=ns.device, threads=ns.threads,

@@ -417,11 +417,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"'minilm bench {ns.which}' runs benchmarks/{script}, which is not here: the "
             f"benchmarks ship with a checkout of the repository, not with the installed package")
+    # the script's main(argv, prog) (its __main__ block is not run), so that its usage line
+    # names the command the user typed
     old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv = [prog, *argv]  # argparse's default prog: the command the user typed
+    sys.argv = [prog, *argv]
     sys.path.insert(0, str(path.parent))
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        script_globals = runpy.run_path(str(path), run_name=f"minilm_bench_{ns.which.replace('-', '_')}")
+        rc = script_globals["main"](argv, prog=prog)
     except SystemExit as e:
         code = e.code
         if code is None:
@@ -432,7 +435,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         return EXIT_ERROR
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
-    return 0
+    return int(rc or 0)
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}
