@@ -329,18 +329,18 @@ def _inputs(B: int, H: int, L: int, D: int, dtype: str, device: str, seed: int) 
 
 
 def _reference(x: dict, is_causal: bool, mode: str) -> list:
-    """Float64 attention (and gradients) of the inputs, on the CPU: the truth rows compare to."""
-    import torch
+    """Float64 attention (and gradients) of the inputs, computed on their device, returned on
+    the CPU: the truth the rows are compared with."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    leaves = [t.detach().double().cpu().requires_grad_(mode != "fwd") for t in x["torch"][:3]]
+    leaves = [t.detach().double().requires_grad_(mode != "fwd") for t in x["torch"][:3]]
     with sdpa_kernel(SDPBackend.MATH):
         out = F.scaled_dot_product_attention(*leaves, is_causal=is_causal)
     if mode == "fwd":
-        return [out.detach()]
-    out.backward(x["torch"][3].double().cpu())
-    return [out.detach()] + [t.grad for t in leaves]
+        return [out.detach().cpu()]
+    out.backward(x["torch"][3].double())
+    return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
 
 
 def _max_rel_err(got: list, want: list) -> float:
@@ -698,12 +698,13 @@ def write_plots(result: dict, prefix: str) -> list[str]:
                 for key in sorted({(r["impl"], r["dtype"], r["causal"]) for r in sel}):
                     line = sorted((r for r in sel if (r["impl"], r["dtype"], r["causal"]) == key),
                                   key=lambda r: r["L"])
+                    # (a peak of 0 bytes, e.g. torch reusing freed memory, cannot go on a log axis)
                     ys = ([r["flops_per_s"] / 1e9 for r in line] if what == "throughput"
-                          else [(r["peak_bytes"] or 0) / 2**20 for r in line])
+                          else [r["peak_bytes"] / 2**20 if r["peak_bytes"] else math.nan for r in line])
                     ax.plot([r["L"] for r in line], ys, marker="o", linestyle="--" if key[2] else "-",
                             label=f"{key[0]} {key[1]}{' causal' if key[2] else ''}")
                 ax.set_xscale("log", base=2)
-                if what == "memory":
+                if what == "memory" and any(r["peak_bytes"] for r in sel):
                     ax.set_yscale("log")
                 ax.set_xlabel("L = S")
                 ax.set_ylabel("GFLOP/s" if what == "throughput" else "peak memory (MiB)")
