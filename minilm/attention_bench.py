@@ -735,8 +735,16 @@ def _strs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit 2), as in ``minilm``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Time every attention implementation side by side (CPU or CUDA GPU): median "
                     "time, FLOP/s, %% of a measured GEMM, peak memory; outputs checked first.",
@@ -826,7 +834,7 @@ def compare(a: dict | list, b: dict | list) -> list[dict]:
 
 def compare_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``minilm bench compare A.json B.json``: b's time / a's time, row by row."""
-    p = argparse.ArgumentParser(prog=prog, description="Row-by-row ratios of two 'minilm bench "
+    p = _Parser(prog=prog, description="Row-by-row ratios of two 'minilm bench "
                                 "attention' JSON files: B's median time over A's (< 1: B is faster).")
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")

@@ -145,3 +145,29 @@ def test_every_benchmark_help_names_the_command_typed(which, capsys):
     assert cli_main(["bench", which, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: minilm bench {which} "), out[:200]
+
+
+def test_bad_arguments_end_in_one_line_and_exit_2_before_anything_runs(capsys):
+    for argv, words in ((["--modes", "fwd,bwd"], "mode 'bwd'"), (["--dtypes", "fp32"], "dtype 'fp32'"),
+                        (["--lengths", "1k"], "comma-separated integers"), (["--lengths", "0"], "lengths"),
+                        (["--threads", "0"], "--threads must be >= 1")):
+        with pytest.raises(SystemExit) as exc:
+            ab.main([*argv, "--json", "", "--no-progress"], prog="minilm bench attention")
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err  # one line
+
+
+def test_plots_need_matplotlib_and_say_so_before_running(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as exc:
+        ab.main(["--json", "x.json"], prog="minilm bench attention")
+    assert exc.value.code == 2
+    assert "need the 'matplotlib' package" in capsys.readouterr().err
+
+
+def test_flops_are_counted_as_documented():
+    # forward 4*B*H*L*S*D, half when causal, x3.5 with the backward
+    assert ab.attention_flops(1, 1, 2, 3, 4, False, "fwd") == 96
+    assert ab.attention_flops(1, 1, 2, 3, 4, True, "fwd+bwd") == 48 * 3.5
+    assert ab.attention_flops(2, 3, 5, 7, 11, False, "fwd+bwd") == 4 * 2 * 3 * 5 * 7 * 11 * 3.5
