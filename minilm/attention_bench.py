@@ -688,6 +688,11 @@ def write_plots(result: dict, prefix: str) -> list[str]:
     paths = []
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)] or ["fwd"]
     dims = sorted({r["D"] for r in rows}) or [0]
+    impls = sorted({r["impl"] for r in rows})
+    dtypes = sorted({r["dtype"] for r in rows})
+    # one colour per implementation (the same in every panel); dashed = causal; marker = dtype
+    colour = {name: plt.get_cmap("tab10" if len(impls) <= 10 else "tab20")(i) for i, name in enumerate(impls)}
+    marker = {dt: m for dt, m in zip(dtypes, "osv^Dx")}
     for what in ("throughput", "memory"):
         fig, axes = plt.subplots(len(modes), len(dims), figsize=(6 * len(dims), 4.5 * len(modes)),
                                  squeeze=False)
@@ -701,7 +706,8 @@ def write_plots(result: dict, prefix: str) -> list[str]:
                     # (a peak of 0 bytes, e.g. torch reusing freed memory, cannot go on a log axis)
                     ys = ([r["flops_per_s"] / 1e9 for r in line] if what == "throughput"
                           else [r["peak_bytes"] / 2**20 if r["peak_bytes"] else math.nan for r in line])
-                    ax.plot([r["L"] for r in line], ys, marker="o", linestyle="--" if key[2] else "-",
+                    ax.plot([r["L"] for r in line], ys, marker=marker[key[1]], color=colour[key[0]],
+                            linestyle="--" if key[2] else "-",
                             label=f"{key[0]} {key[1]}{' causal' if key[2] else ''}")
                 ax.set_xscale("log", base=2)
                 if what == "memory" and any(r["peak_bytes"] for r in sel):
