@@ -521,6 +521,7 @@ def run_benchmark(
     heads: int | None = None,
     plugins: list[str] = (),
     only: list[str] | None = None,
+    skip: list[str] = (),
     device: str | None = None,
     threads: int | None = None,
     repeats: int | None = None,
@@ -577,6 +578,7 @@ def run_benchmark(
             raise ValueError(f"--only {','.join(unknown)}: not available here; available: "
                              f"{', '.join(i.name for i in impls)}")
         impls = [i for i in impls if i.name in only]
+    impls = [i for i in impls if i.name not in skip]
     impls += [_plugin_impl(spec, device, dtypes) for spec in plugins]
     for impl in impls:
         if impl.status != "ok":
@@ -763,6 +765,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--impl", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a plug-in fn(q, k, v, is_causal=False, scale=None) -> out (repeatable)")
     p.add_argument("--only", type=_strs, metavar="NAMES", help="built-in implementations to run (comma list)")
+    p.add_argument("--skip", type=_strs, default=[], metavar="NAMES",
+                   help="built-in implementations not to run, where present (comma list)")
     p.add_argument("--json", default="bench_attention.json", metavar="FILE",
                    help="write environment and rows here ('' for none; default: %(default)s)")
     p.add_argument("--plots", default=None, metavar="PREFIX",
@@ -802,7 +806,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             load_plugin(spec)
         result = run_benchmark(lengths=ns.lengths, head_dims=ns.head_dims, dtypes=ns.dtypes,
                                modes=ns.modes, causal=causal, batch=ns.batch, heads=ns.heads,
-                               plugins=ns.impl, only=ns.only, device=ns.device, threads=ns.threads,
+                               plugins=ns.impl, only=ns.only, skip=ns.skip, device=ns.device, threads=ns.threads,
                                repeats=ns.repeats, quick=ns.quick, progress=not ns.no_progress)
     except ValueError as e:
         p.error(str(e))
