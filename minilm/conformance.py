@@ -15,13 +15,18 @@ The rule, per case and per quantity (out, dq, dk, dv):
                                              in the same dtype on the same device (GQA by
                                              repeat_interleave of k and v)
     pass if   err_fn <= tolerance_factor * err_torch + floor
-              floor = floor_ulps * eps(float32) * max(1, max |ref64|)
+              floor = floor_ulps * eps(float32) * size
+              size  = max(1, max |ref64|, size of the terms the quantity sums)
+                      dq: |scale| * max |dp| * max |k|,  dk: |scale| * max |dp| * max |q|
+                      (dp = dout v^T in float64), out: max |v|, dv: max |dout|
 
 so the bound follows the dtype: float32 must be about float32-accurate, bfloat16 only
 bfloat16-accurate. The floor is a few float32 ulps, whatever the dtype: it is there for
 the cases where PyTorch happens to be exact (L = S = 1, where softmax is 1 and dq, dk are 0),
 in which a kernel that accumulates in float32, as it must, still makes a float32 ulp or
-so of error (dk = sum p (dp - delta) q cancels to 0 only in exact arithmetic). In float16
+so of error. That error is an ulp of the terms that cancel (dk = sum p (dp - delta) q is 0
+only in exact arithmetic, while each dp is the size of dout . v), not of the result, hence
+``size``. In float16
 and bfloat16 it is hundreds of times smaller than PyTorch's own error, so it cannot hide an
 error many times PyTorch's. Output dtype and shape must match the input's, and nothing may
 be NaN.
@@ -32,7 +37,7 @@ far below -88, where a kernel that lets padded keys (k = 0, score 0) into the so
 backward gets exp(0 - lse) = inf.
 
 Deliberately left out: attention masks other than causal, dropout, timing (see
-``benchmarks/bench_attention_gpu.py``).
+``minilm bench attention``).
 
 >>> from minilm.conformance import attention_conformance, QUICK_CASES  # doctest: +SKIP
 >>> report = attention_conformance(my_attention, cases=QUICK_CASES)   # doctest: +SKIP
@@ -261,6 +266,7 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
     finally:
         result.seconds = time.perf_counter() - t0
     eps32 = torch.finfo(torch.float32).eps  # the floor is in float32 ulps, the accumulation precision
+    sizes = _term_sizes(q, k, v, dout, case)
     problems = []
     for name, g, r, b in zip(_QUANTITIES, got, ref, base):
         if g is None or tuple(g.shape) != tuple(r.shape):
@@ -269,7 +275,7 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
         if g.dtype != dtype:
             problems.append(f"{name} has dtype {g.dtype}, expected {dtype}")
         err, torch_err = _max_abs(g, r), _max_abs(b, r)
-        floor = floor_ulps * eps32 * max(1.0, float(r.detach().abs().max()))
+        floor = floor_ulps * eps32 * max(1.0, float(r.detach().abs().max()), sizes[name])
         bound = tolerance_factor * torch_err + floor
         result.errors[name] = (err, torch_err, bound)
         if not err <= bound:
@@ -279,6 +285,20 @@ def _run_case(fn, case: AttentionCase, dtype: torch.dtype, device: str, seed: in
         result.passed = False
         result.problem = "; ".join(problems)
     return result
+
+
+def _term_sizes(q, k, v, dout, case: AttentionCase) -> dict[str, float]:
+    """The size of the terms each quantity sums (see the module docstring), in float64."""
+    q, k, v, dout = (t.detach().double() for t in (q, k, v, dout))
+    rep = case.H // case.Hkv
+    scale = 1.0 / math.sqrt(case.D) if case.scale is None else case.scale
+    # dp = dout v^T: the term that dS = P (dp - delta) cancels against delta
+    dp = dout @ v.repeat_interleave(rep, dim=1).transpose(-1, -2)  # (B, H, L, S)
+    dp_max = float(dp.abs().max()) if dp.numel() else 0.0
+    return {"out": float(v.abs().max()) if v.numel() else 0.0,
+            "dq": abs(scale) * dp_max * (float(k.abs().max()) if k.numel() else 0.0),
+            "dk": abs(scale) * dp_max * (float(q.abs().max()) if q.numel() else 0.0),
+            "dv": float(dout.abs().max()) if dout.numel() else 0.0}
 
 
 def attention_conformance(
