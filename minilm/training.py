@@ -243,17 +243,20 @@ def open_run(out: str | Path | None, *, resume: bool = False, overwrite: bool = 
     return run
 
 
-def resume_checkpoint(run: RunFolder, args: TrainArgs, framework: str) -> Checkpoint:
-    """The checkpoint in ``run``, checked: written by ``framework``'s loop, same settings."""
+def resume_checkpoint(run: RunFolder, args: Any, framework: str,
+                      resumable: set[str] = RESUMABLE_CHANGES) -> Checkpoint:
+    """The checkpoint in ``run``, checked: written by ``framework``'s loop, and ``args`` (a
+    dataclass with ``to_dict()``, or a dict) differ from its ``meta["args"]`` only in
+    ``resumable`` fields."""
     ckpt = load_checkpoint(run.root)
     if ckpt.framework != framework:
         raise CheckpointError(f"{ckpt.path}: written by the {ckpt.framework} loop; resume it "
                               f"with --impl {ckpt.framework}")
-    check_resume(ckpt.meta["args"], args, ckpt.path)
+    check_resume(ckpt.meta["args"], args, ckpt.path, resumable)
     return ckpt
 
 
-def check_resume(ckpt_args: dict[str, Any], args: TrainArgs | dict[str, Any], path: Path,
+def check_resume(ckpt_args: dict[str, Any], args: Any, path: Path,
                  resumable: set[str] = RESUMABLE_CHANGES) -> None:
     """A resumed run may change only ``resumable`` fields; any other difference is an error."""
     mine = args if isinstance(args, dict) else args.to_dict()
