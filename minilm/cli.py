@@ -361,8 +361,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     if not ids:
         raise UsageError("--prompt encodes to no tokens; give at least one character")
     idx = np.asarray([ids], dtype=np.int64)  # (1, T)
+    # special tokens (<bos>, <pad>, ...) are never sampled: nobody asked for them
     kwargs = dict(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p,
-                  num_return_sequences=ns.num_samples, seed=ns.seed, use_cache=not ns.no_cache)
+                  num_return_sequences=ns.num_samples, seed=ns.seed, use_cache=not ns.no_cache,
+                  suppress_ids=tokenizer.special_ids)
     if (ns.impl or ckpt.framework) == "torch":
         import torch
 

@@ -85,6 +85,44 @@ def test_generate_same_text_from_either_twin(run_dir):
     assert c.returncode == 0 and c.stdout.count("The ") >= 2
 
 
+def test_generate_never_samples_a_special_token(run_dir):
+    """At temperature 100 sampling is nearly uniform over the vocabulary: 300 draws from a
+    ~70-token vocabulary with 3 special tokens would hold one with probability
+    1 - (67/70)^300 > 0.999 if special tokens could be sampled."""
+    from minilm.runs import load_run
+
+    _, tok, _ = load_run(run_dir)
+    assert tok.special_ids
+    p = minilm("generate", "--checkpoint", str(run_dir), "--temperature", "100",
+               "--max-new-tokens", "300", "--seed", "3")
+    assert p.returncode == 0, p.stderr
+    assert not any(s in p.stdout for s in tok.special_tokens), p.stdout
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_training_samples_suppress_special_tokens(run_dir, impl, monkeypatch):
+    """The sample printed during training passes every special id to generate."""
+    import importlib
+
+    from minilm.presets import TrainArgs
+    from minilm.runs import load_run
+    from minilm.training import prepare_data
+
+    loop = importlib.import_module(f"minilm.{impl}.train")
+    model, tok, ckpt = load_run(run_dir, impl=impl)
+    args = TrainArgs.from_dict(ckpt.meta["args"])
+    seen = {}
+    real = loop.generate
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "generate", spy)
+    text = loop.sample(model, prepare_data(args, tok), args, n_tokens=20)
+    assert seen["suppress_ids"] == tok.special_ids and len(text) > 0
+
+
 def test_eval_prints_loss_perplexity_bits_per_char(run_dir):
     p = minilm("eval", "--checkpoint", str(run_dir), "--eval-iters", "3")
     assert p.returncode == 0, p.stderr

@@ -139,11 +139,12 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
 
 
 def sample(model: Any, data: Data, args: TrainArgs, n_tokens: int | None = None) -> str:
-    """A sample of ``sample_tokens`` tokens (temperature 0.8, seed ``args.seed``)."""
+    """A sample of ``sample_tokens`` tokens (temperature 0.8, seed ``args.seed``), never a special token."""
     n = args.sample_tokens if n_tokens is None else n_tokens
     if n <= 0:
         return ""
-    idx = generate(model, sample_prompt(data), n, temperature=0.8, seed=args.seed)  # (1, 1 + n)
+    idx = generate(model, sample_prompt(data), n, temperature=0.8, seed=args.seed,
+                   suppress_ids=data.tokenizer.special_ids)  # (1, 1 + n)
     return data.tokenizer.decode(np.asarray(idx)[0].tolist())
 
 

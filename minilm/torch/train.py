@@ -270,7 +270,7 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
 @torch.no_grad()
 def sample(model: torch.nn.Module, data: Data, args: TrainArgs, device: torch.device | str = "cpu",
            n_tokens: int | None = None) -> str:
-    """The same sample as the NumPy twin's (temperature 0.8, seed ``args.seed``)."""
+    """The same sample as the NumPy twin's (temperature 0.8, seed ``args.seed``), never a special token."""
     n = args.sample_tokens if n_tokens is None else n_tokens
     if n <= 0:
         return ""
@@ -278,7 +278,7 @@ def sample(model: torch.nn.Module, data: Data, args: TrainArgs, device: torch.de
     model.eval()
     try:
         idx = generate(model, torch.from_numpy(sample_prompt(data)).to(device), n,
-                       temperature=0.8, seed=args.seed)  # (1, 1 + n)
+                       temperature=0.8, seed=args.seed, suppress_ids=data.tokenizer.special_ids)  # (1, 1 + n)
     finally:
         model.train(was_training)
     return data.tokenizer.decode(idx[0].tolist())
