@@ -94,6 +94,7 @@ class EncoderConfig:
     n_classes: int | None = None  # classes of the sequence-classification head; None: no head
     dropout: float = 0.0  # dropout on embeddings and residual branches (PyTorch twin, training only)
     norm: str = "post"  # "post" (BERT) or "pre", as in TransformerConfig
+    causal: bool = False  # causal attention (a left-to-right LM); the pooler then reads the last real token
 
     def __post_init__(self) -> None:
         name = type(self).__name__

@@ -22,8 +22,10 @@ V, PAD = 13, 12  # the last id plays [PAD] in these tests
 
 
 def make(norm: str = "post", n_classes: int | None = 4, **kw) -> EncoderConfig:
+    """norm "post", "pre", or "post+causal" (causal attention, the pooler on the last real token)."""
+    norm, _, causal = norm.partition("+")
     return EncoderConfig(vocab_size=V, context_length=9, d_model=12, n_layer=2, n_head=3, d_ff=10,
-                         n_classes=n_classes, norm=norm, **kw)
+                         n_classes=n_classes, norm=norm, causal=causal == "causal", **kw)
 
 
 def randomised(model: NumpyEncoder, rng: np.random.Generator, scale: float = 0.3) -> NumpyEncoder:
@@ -57,6 +59,7 @@ def twins(cfg, rng, attention="naive"):
 @pytest.mark.parametrize("norm, attention, heads", [
     ("post", "naive", "mlm+nsp+cls"), ("pre", "naive", "mlm+nsp+cls"), ("post", "sdpa", "mlm+nsp+cls"),
     ("pre", "sdpa", "mlm+nsp+cls"), ("post", "naive", "mlm"), ("post", "sdpa", "nsp"), ("pre", "naive", "cls"),
+    ("post+causal", "naive", "mlm+nsp+cls"), ("post+causal", "sdpa", "mlm+nsp+cls"),
 ])
 def test_twins_agree_float64(rng, norm, attention, heads):
     cfg = make(norm)
@@ -84,7 +87,7 @@ def test_twins_agree_float64(rng, norm, attention, heads):
         assert bool(np.abs(grads[key]).max() > 0) == (h in heads), key
 
 
-@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("norm", ["post", "pre", "post+causal"])
 def test_gradients_vs_finite_differences(rng, norm):
     """Central differences of the summed loss at up to 3 random entries of every parameter."""
     cfg = make(norm)
@@ -210,3 +213,22 @@ def test_no_chosen_position_gives_zero_mlm_loss(rng):
     assert loss == 0.0 and not any(g.any() for g in grads.values())
     tl = TorchEncoder(make()).double().loss(idx, seg, mask, mlm_targets=none)
     assert float(tl) == 0.0
+
+
+@pytest.mark.parametrize("twin", ["numpy", "torch"])
+def test_causal_encoder_pools_the_last_real_token(rng, twin):
+    """Causal: position t sees only 0..t, so changing the last real token changes the pooled
+    heads but not the hidden state of position 0; padding still changes nothing."""
+    cfg = make("post+causal")
+    model, tmodel = twins(cfg, rng)
+    m = model if twin == "numpy" else tmodel
+    idx, seg, mask, _ = batch(rng)
+    out = lambda f, i: np.asarray(to_numpy(f(i, seg, mask)))  # noqa: E731
+    idx2 = idx.copy()
+    idx2[1, 4] = (idx[1, 4] + 1) % (V - 1)  # row 1's last real token (padded after 5)
+    h, h2 = out(m.forward, idx), out(m.forward, idx2)
+    assert_close(h2[1, :4], h[1, :4], 1e-12, 1e-12, "earlier positions")
+    assert np.abs(out(m.class_logits, idx2)[1] - out(m.class_logits, idx)[1]).max() > 1e-6
+    idx3 = idx.copy()
+    idx3[~mask] = 0
+    assert_close(out(m.class_logits, idx3), out(m.class_logits, idx), 1e-12, 1e-12, "padding")

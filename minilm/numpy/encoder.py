@@ -16,6 +16,8 @@ Three heads read h:
         mlm_logits = u tok_emb^T + mlm.bias                   # (B, T, V)
     pooler (BERT): the first token (by convention [CLS]) through a dense layer and tanh
         pooled = tanh(h[:, 0] pooler.weight^T + pooler.bias)  # (B, C)
+        (with config.causal, the attention is causal and the pooler reads the last real token
+        instead, the only one that has seen the whole row: a left-to-right LM as an encoder)
     next sentence:   nsp_logits   = pooled nsp.weight^T + nsp.bias     # (B, 2); 1 = "B follows A"
     classification:  class_logits = pooled cls.weight^T + cls.bias     # (B, n_classes)
 
@@ -192,7 +194,7 @@ class TransformerEncoder:
         block_caches = []
         for i in range(cfg.n_layer):
             x, c = block_forward(x, self._block_params(i), cfg.n_head, cfg.n_head, None, norm=cfg.norm,
-                                 is_causal=False, key_padding_mask=mask)  # (B, T, C)
+                                 is_causal=cfg.causal, key_padding_mask=mask)  # (B, T, C)
             block_caches.append(c)
         c_lnf = None
         if cfg.norm == "pre":
@@ -209,11 +211,20 @@ class TransformerEncoder:
         logits, c_dec = linear_forward(u, P["tok_emb.weight"], P["mlm.bias"])  # (..., V)
         return logits, (c_dense, c_gelu, c_ln, c_dec)
 
-    def _pooler(self, h: np.ndarray) -> tuple[np.ndarray, Any]:
-        """pooled = tanh(h[:, 0] W_pool^T + b_pool): h (B, T, C) -> (B, C)."""
-        z, c_pool = linear_forward(h[:, 0], self.params["pooler.weight"], self.params["pooler.bias"])  # (B, C)
+    def _pool_positions(self, h: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """(B,) the position the pooler reads: 0 ([CLS]), or the last real token when causal."""
+        B, T = h.shape[:2]
+        if not self.config.causal:
+            return np.zeros(B, dtype=np.int64)
+        return np.full(B, T - 1) if mask is None else mask.sum(axis=1) - 1
+
+    def _pooler(self, h: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        """pooled = tanh(h[b, pos_b] W_pool^T + b_pool): h (B, T, C) -> (B, C); pos_b = 0 unless causal."""
+        pos = self._pool_positions(h, mask)  # (B,)
+        hp = h[np.arange(len(pos)), pos]  # (B, C)
+        z, c_pool = linear_forward(hp, self.params["pooler.weight"], self.params["pooler.bias"])  # (B, C)
         pooled = np.tanh(z)  # (B, C)
-        return pooled, (c_pool, pooled)
+        return pooled, (c_pool, pooled, pos)
 
     def forward(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> np.ndarray:
         """The hidden states h (B, T, C)."""
@@ -228,13 +239,15 @@ class TransformerEncoder:
 
     def nsp_logits(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> np.ndarray:
         """Next-sentence logits (B, 2): class 1 = segment B follows segment A."""
-        pooled, _ = self._pooler(self.forward(idx, segment_ids, attention_mask))
+        idx, seg, mask = self._check_inputs(idx, segment_ids, attention_mask)
+        pooled, _ = self._pooler(self._encode(idx, seg, mask)[0], mask)
         return linear_forward(pooled, self.params["nsp.weight"], self.params["nsp.bias"])[0]  # (B, 2)
 
     def class_logits(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> np.ndarray:
         """Sequence-classification logits (B, n_classes); needs ``config.n_classes``."""
         self._need_classifier()
-        pooled, _ = self._pooler(self.forward(idx, segment_ids, attention_mask))
+        idx, seg, mask = self._check_inputs(idx, segment_ids, attention_mask)
+        pooled, _ = self._pooler(self._encode(idx, seg, mask)[0], mask)
         return linear_forward(pooled, self.params["cls.weight"], self.params["cls.bias"])[0]  # (B, K)
 
     # -- loss and backward ----------------------------------------------------------------
@@ -293,7 +306,7 @@ class TransformerEncoder:
                 np.add.at(dh, (rows, cols), dhs)  # scatter-add into (B, T, C)
         pooled_heads = [(name, y) for name, y in (("nsp", nsp_labels), ("cls", labels)) if y is not None]
         if pooled_heads:
-            pooled, (c_pool, _) = self._pooler(h)  # (B, C)
+            pooled, (c_pool, _, pos) = self._pooler(h, mask)  # (B, C)
             dpooled = np.zeros_like(pooled)  # (B, C)
             for name, y in pooled_heads:
                 logits, c_lin = linear_forward(pooled, P[f"{name}.weight"], P[f"{name}.bias"])  # (B, K)
@@ -307,7 +320,7 @@ class TransformerEncoder:
                 # d tanh(z)/dz = 1 - tanh(z)^2
                 dz = dpooled * (1.0 - pooled * pooled)  # (B, C)
                 dh0, grads["pooler.weight"], grads["pooler.bias"] = linear_backward(dz, c_pool)  # (B, C)
-                dh[:, 0] += dh0
+                dh[np.arange(B), pos] += dh0
         if not _grads:
             return loss, {}
 

@@ -6,7 +6,7 @@
     for each block: x = ln1(x + attn(x; padded keys hidden)); x = ln2(x + mlp(x))   # norm="post"
     h = x (then ln_f when norm="pre")                                    # (B, T, C)
     mlm_logits   = mlm.ln(gelu(mlm.dense(h))) tok_emb^T + mlm.bias      # (B, T, V)
-    pooled       = tanh(pooler(h[:, 0]))                                 # (B, C)
+    pooled       = tanh(pooler(h[:, 0]))         # (B, C); causal: the last real token
     nsp_logits   = nsp(pooled)                                           # (B, 2)
     class_logits = cls(pooled)                                           # (B, n_classes)
 
@@ -70,7 +70,8 @@ class TransformerEncoder(nn.Module):
         self.pos_emb = Embedding(config.context_length, C)
         self.seg_emb = Embedding(config.n_segment, C)
         self.emb_ln = nn.LayerNorm(C)
-        self.blocks = nn.ModuleList(Block(config, attention, is_causal=False) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, attention, is_causal=config.causal)
+                                    for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C) if config.norm == "pre" else None
         self.mlm = MLMHead(C, config.vocab_size)
         self.pooler = Linear(C, C)
@@ -125,9 +126,17 @@ class TransformerEncoder(nn.Module):
             x = self.ln_f(x)
         return x
 
-    def _pooled(self, h: torch.Tensor) -> torch.Tensor:
-        # pooled = tanh(h[:, 0] W_pool^T + b_pool)
-        return torch.tanh(self.pooler(h[:, 0]))  # (B, C)
+    def _pooled(self, h: torch.Tensor, attention_mask: Any) -> torch.Tensor:
+        B, T = h.shape[:2]
+        pos = torch.zeros(B, dtype=torch.long, device=h.device)  # (B,) [CLS]
+        if self.config.causal:  # the last real token, the only one that saw the whole row
+            pos = pos + T - 1
+            if attention_mask is not None:
+                m = attention_mask if isinstance(attention_mask, torch.Tensor) else torch.as_tensor(
+                    np.asarray(attention_mask))
+                pos = (m != 0).sum(dim=1).to(h.device) - 1
+        # pooled = tanh(h[b, pos_b] W_pool^T + b_pool)
+        return torch.tanh(self.pooler(h[torch.arange(B, device=h.device), pos]))  # (B, C)
 
     def mlm_logits(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> torch.Tensor:
         """Masked-LM logits (B, T, V) at every position."""
@@ -135,13 +144,13 @@ class TransformerEncoder(nn.Module):
 
     def nsp_logits(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> torch.Tensor:
         """Next-sentence logits (B, 2): class 1 = segment B follows segment A."""
-        return self.nsp(self._pooled(self.forward(idx, segment_ids, attention_mask)))
+        return self.nsp(self._pooled(self.forward(idx, segment_ids, attention_mask), attention_mask))
 
     def class_logits(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None) -> torch.Tensor:
         """Sequence-classification logits (B, n_classes); needs ``config.n_classes``."""
         if self.cls is None:
             raise ValueError("this encoder has no classification head: build it with EncoderConfig(n_classes=...)")
-        return self.cls(self._pooled(self.forward(idx, segment_ids, attention_mask)))
+        return self.cls(self._pooled(self.forward(idx, segment_ids, attention_mask), attention_mask))
 
     def loss(self, idx: Any, segment_ids: Any = None, attention_mask: Any = None, *, mlm_targets: Any = None,
              nsp_labels: Any = None, labels: Any = None, ignore_index: int = -100) -> torch.Tensor:
@@ -162,7 +171,7 @@ class TransformerEncoder(nn.Module):
                 logits = self.mlm(h[chosen], self.tok_emb.weight)  # (n, V)
                 total = total + F.cross_entropy(logits, t[chosen])
         if nsp_labels is not None or labels is not None:
-            pooled = self._pooled(h)  # (B, C)
+            pooled = self._pooled(h, attention_mask)  # (B, C)
             for head, y, n, name in ((self.nsp, nsp_labels, N_NSP_CLASSES, "nsp_labels"),
                                      (self.cls, labels, self.config.n_classes, "labels")):
                 if y is not None:
