@@ -87,7 +87,7 @@ EVAL_EXAMPLES = _fmt("""
 # ``handler=<function(ns) -> int>`` as a default; errors are reported as for the commands here.
 # Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
 # stays fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["minilm.encoder_cli"]
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)
@@ -377,6 +377,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
+    from minilm.encoder_cli import eval_encoder, is_encoder_run
+
+    if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
+        return eval_encoder(ns)
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
     from minilm.training import eval_description, lm_metrics, prepare_data

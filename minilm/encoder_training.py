@@ -59,7 +59,7 @@ from minilm.training import (
 )
 
 __all__ = ["EncoderArgs", "EncoderResult", "OBJECTIVES", "TASKS", "pretrain", "finetune",
-           "load_encoder", "evaluate_classifier", "special_ids"]
+           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids"]
 
 OBJECTIVES = ("mlm", "mlm+nsp", "causal")
 TASKS = ("speakers",)
@@ -182,8 +182,16 @@ def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
         tokenizer = CharTokenizer.train(text, special_tokens=ENCODER_SPECIALS)
     else:
         tokenizer = BPETokenizer.train(text, args.vocab_size, special_tokens=ENCODER_SPECIALS)
-    sp = special_ids(tokenizer)
     config = args.model_config(tokenizer.vocab_size)
+    train_data, batch, evaluate = _pretraining_data(args, tokenizer, text)
+    title = f"encoder {args.objective} ({args.impl}) on {Path(args.corpus).name}"
+    return _loop(args, run, ckpt, config, tokenizer, "encoder", batch, train_data, evaluate, title,
+                 progress, print_fn, observers, resume)
+
+
+def _pretraining_data(args: EncoderArgs, tokenizer: Any, text: str) -> tuple[Any, Callable, Callable]:
+    """``(train_data, batch(data, rng, B) -> kwargs of loss, evaluate(twin) -> metrics)``."""
+    sp = special_ids(tokenizer)
     T = args.context_length
     if args.objective == "mlm+nsp":
         lines = text_segments(text)
@@ -234,9 +242,14 @@ def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
             m["val_nsp_accuracy"] = nsp_hits / nsp_count
         return m
 
-    title = f"encoder {args.objective} ({args.impl}) on {Path(args.corpus).name}"
-    return _loop(args, run, ckpt, config, tokenizer, "encoder", batch, train_data, evaluate, title,
-                 progress, print_fn, observers, resume)
+    return train_data, batch, evaluate
+
+
+def evaluate_pretrained(model: Any, tokenizer: Any, args: EncoderArgs) -> dict[str, float]:
+    """The validation metrics ``pretrain`` logs (loss, MLM or next-token accuracy, NSP accuracy)
+    of a pre-trained encoder (either twin), on ``args.eval_iters`` batches of ``args.corpus``."""
+    _, _, evaluate = _pretraining_data(args, tokenizer, load_corpus(args.corpus))
+    return evaluate(model if isinstance(model, _Twin) else _Twin.wrap(model))
 
 
 # ---------------------------------------------------------------------------------------------
