@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         args = EncoderArgs(objective=ns.objective, impl=ns.impl, steps=ns.pretrain_steps,
                            context_length=ns.context_length, d_model=ns.d_model, n_layer=ns.n_layer,
                            n_head=ns.n_head, batch_size=32, lr=1e-3, warmup_steps=100,
-                           eval_interval=max(ns.pretrain_steps // 5, 1), seed=ns.seed)
+                           eval_interval=max(ns.pretrain_steps // 5, 1), seed=ns.seed,
+                           threads=ns.blas_threads if ns.impl == "torch" else 0)
         t = time.perf_counter()
         res = pretrain(args, pre_run, overwrite=True, **quiet)
         record["pretrain"] = {"seconds": time.perf_counter() - t, **res.evals[-1]}
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             args = EncoderArgs(impl=ns.impl, checkpoint=str(pre_run), n_speakers=ns.n_speakers,
                                labelled=min(n, len(task.train)), from_scratch=scratch, steps=ns.finetune_steps,
                                batch_size=32, lr=ns.lr, warmup_steps=ns.finetune_steps // 10,
-                               eval_interval=ns.finetune_steps, seed=ns.seed)
+                               eval_interval=ns.finetune_steps, seed=ns.seed,
+                               threads=ns.blas_threads if ns.impl == "torch" else 0)
             t = time.perf_counter()
             res = finetune(args, root / f"{name}-{n}", overwrite=True, **quiet)
             row[name] = {"accuracy": res.test["accuracy"], "macro_f1": res.test["macro_f1"],

@@ -383,6 +383,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         return eval_encoder(ns)
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
+    from minilm.numpy.metrics import TopKCounter
     from minilm.training import eval_description, lm_metrics, prepare_data
 
     _check_positive("--eval-iters", ns.eval_iters)
@@ -392,15 +393,16 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         batch_size=ns.batch_size, corpus=ns.corpus, eval_iters=ns.eval_iters)
     data = prepare_data(args, tokenizer)
     whole = ns.eval_iters is None  # the whole split, in order: exact
+    acc = TopKCounter()
     if (ns.impl or ckpt.framework) == "torch":
         from minilm.torch.train import estimate_loss
 
         loss = estimate_loss(model, data.val, args, device=next(model.parameters()).device,
-                             whole_split=whole)
+                             whole_split=whole, accuracy=acc)
     else:
         from minilm.numpy.train import estimate_loss
 
-        loss = estimate_loss(model, data.val, args, whole_split=whole)
+        loss = estimate_loss(model, data.val, args, whole_split=whole, accuracy=acc)
     m = lm_metrics(loss, data.chars_per_token)
     unit = "char" if args.tokenizer == "char" else "token"
     print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
@@ -410,6 +412,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     print(f"perplexity: {m['val_perplexity']:.4f}")
     print(f"bits per token: {m['val_bits_per_token']:.4f}")
     print(f"bits per char: {m['val_bits_per_char']:.4f}")
+    for k, v in acc.result().items():  # val_next_token_accuracy, val_top5_accuracy
+        print(f"{k[4:].replace('_', ' ')}: {v:.4f}")
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["accuracy", "next_token_accuracy", "top_k_accuracy", "confusion_matrix",
-           "precision_recall_f1", "classification_report", "plot_confusion_matrix"]
+           "precision_recall_f1", "classification_report", "plot_confusion_matrix", "TopKCounter"]
 
 
 def top_k_accuracy(logits: Any, targets: Any, k: int = 5, ignore_index: int = -100) -> float:
@@ -68,6 +68,47 @@ def next_token_accuracy(logits: Any, targets: Any, ignore_index: int = -100) -> 
     logits (B, T, V), targets (B, T); the top-1 case of ``top_k_accuracy``.
     """
     return top_k_accuracy(logits, targets, 1, ignore_index)
+
+
+class TopKCounter:
+    """Next-token (top-1) and top-k accuracy summed over many batches, for a language model's
+    evaluation: ``update(logits, targets)`` per batch (NumPy arrays, or torch tensors, which
+    are scored on their device by ``minilm.torch.metrics``), then ``result()``.
+
+    >>> c = TopKCounter(ks=(1, 2))
+    >>> c.update(np.array([[[0.1, 0.5, 0.4], [0.9, 0.0, 0.1]]]), np.array([[2, 0]]))
+    >>> c.result()
+    {'val_next_token_accuracy': 0.5, 'val_top2_accuracy': 1.0}
+    """
+
+    def __init__(self, ks: Sequence[int] = (1, 5), prefix: str = "val_") -> None:
+        self.ks, self.prefix = tuple(ks), prefix
+        self.hits = {k: 0.0 for k in self.ks}
+        self.count = 0
+
+    def update(self, logits: Any, targets: Any, ignore_index: int = -100) -> None:
+        if hasattr(logits, "detach"):  # a torch tensor: torch is imported already
+            from minilm.torch.metrics import top_k_accuracy as topk
+
+            n = int((targets != ignore_index).sum())
+        else:
+            topk = top_k_accuracy
+            n = int((np.asarray(targets) != ignore_index).sum())
+        if n == 0:
+            return
+        V = logits.shape[-1]
+        for k in self.ks:
+            # hits = accuracy * counted targets (exact: accuracy is hits / n)
+            self.hits[k] += round(topk(logits, targets, min(k, V), ignore_index) * n)
+        self.count += n
+
+    def result(self) -> dict[str, float]:
+        """{"val_next_token_accuracy": ..., "val_top5_accuracy": ...} (nan before any update)."""
+        out = {}
+        for k in self.ks:
+            name = "next_token_accuracy" if k == 1 else f"top{k}_accuracy"
+            out[self.prefix + name] = self.hits[k] / self.count if self.count else float("nan")
+        return out
 
 
 def accuracy(predictions: Any, labels: Any, ignore_index: int = -100) -> float:

@@ -49,6 +49,7 @@ from minilm.checkpoint import CheckpointError, save_checkpoint
 from minilm.numpy.functional import cross_entropy
 from minilm.numpy.generate import generate
 from minilm.numpy.lstm import LSTMLM
+from minilm.numpy.metrics import TopKCounter
 from minilm.numpy.optim import AdamW, clip_grad_norm, cosine_schedule
 from minilm.numpy.transformer import TransformerLM
 from minilm.presets import TrainArgs
@@ -97,7 +98,7 @@ def _logits(model: Any, x: np.ndarray, state: Any = None) -> tuple[np.ndarray, A
 
 
 def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int | None = None,
-                  whole_split: bool = False) -> float:
+                  whole_split: bool = False, accuracy: TopKCounter | None = None) -> float:
     """Mean validation cross-entropy in nats per token.
 
     ``whole_split``: every target of ``val`` once, in order (``split_windows``; the LSTM
@@ -105,7 +106,8 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
     estimate, as during training: the Transformer (and an LSTM with ``lstm_bptt="random"``)
     on ``eval_iters`` batches of random windows from a fresh ``default_rng(seed + 1)``; an
     LSTM in carry mode on B streams through the start of ``val``, ``eval_iters`` consecutive
-    windows, state carried. ``eval_description`` says which, in words.
+    windows, state carried. ``eval_description`` says which, in words. ``accuracy`` (a
+    ``TopKCounter``), if given, also counts next-token and top-k accuracy over the same logits.
     """
     n = eval_iters or args.eval_iters
     B, T = args.batch_size, args.context_length
@@ -114,6 +116,8 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
         total, count, state = 0.0, 0, None
         for x, y in split_windows(val, B, T):  # (B, T) each, y = IGNORE_INDEX past the end
             logits, state = _logits(model, x, state if carry else None)  # (B, T, V)
+            if accuracy is not None:
+                accuracy.update(logits, y, IGNORE_INDEX)
             k = int((y != IGNORE_INDEX).sum())
             total += float(cross_entropy(logits, y, ignore_index=IGNORE_INDEX)) * k  # sum of NLL
             count += k
@@ -126,12 +130,16 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
         for w in range(windows):
             offsets = (np.arange(streams) * L + w * T)[:, None] + np.arange(T)[None, :]  # (B, T)
             logits, state = _logits(model, val[offsets], state)  # (B, T, V)
+            if accuracy is not None:
+                accuracy.update(logits, val[offsets + 1])
             losses.append(float(cross_entropy(logits, val[offsets + 1])))
         return float(np.mean(losses))
     rng = np.random.default_rng(args.seed + 1)
     for _ in range(n):
         x, y = random_batch(val, B, T, rng)  # (B, T) each
         logits, _ = _logits(model, x)  # (B, T, V)
+        if accuracy is not None:
+            accuracy.update(logits, y)
         losses.append(float(cross_entropy(logits, y)))
     return float(np.mean(losses))
 
@@ -276,7 +284,9 @@ def _title(args: TrainArgs) -> str:
 
 def _evaluate(model: Any, data: Data, args: TrainArgs, rep: Reporter, done: int, lr: float,
               result: TrainResult, params: Callable[[], dict[str, np.ndarray]]) -> None:
-    m = lm_metrics(estimate_loss(model, data.val, args), data.chars_per_token)
+    acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
+    m = lm_metrics(estimate_loss(model, data.val, args, accuracy=acc), data.chars_per_token)
+    m.update(acc.result())
     text = sample(model, data, args)
     rep.evaluation(done, m, lr, text, params)
     result.val_loss = m["val_loss"]

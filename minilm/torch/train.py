@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minilm.checkpoint import CheckpointError, save_checkpoint
 from minilm.numpy.lstm import LSTMLM as NumpyLSTMLM
+from minilm.numpy.metrics import TopKCounter
 from minilm.numpy.optim import cosine_schedule
 from minilm.numpy.transformer import TransformerLM as NumpyTransformerLM
 from minilm.presets import TrainArgs
@@ -227,8 +228,10 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> tor
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                   eval_iters: int | None = None, device: torch.device | str = "cpu",
-                  amp: torch.dtype | None = None, whole_split: bool = False) -> float:
-    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin."""
+                  amp: torch.dtype | None = None, whole_split: bool = False,
+                  accuracy: TopKCounter | None = None) -> float:
+    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin.
+    ``accuracy`` (a ``TopKCounter``), if given, also counts next-token and top-k accuracy."""
     n = eval_iters or args.eval_iters
     B, T = args.batch_size, args.context_length
     carry = args.model == "lstm"
@@ -243,6 +246,8 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                 for x, y in split_windows(val, B, T):  # (B, T) each, y = IGNORE_INDEX past the end
                     logits, state = _logits(model, torch.from_numpy(x).to(device),
                                             state if carry else None)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, torch.from_numpy(y).to(device), IGNORE_INDEX)
                     total += _loss(logits, torch.from_numpy(y).to(device), "sum").item()  # sum of NLL
                     count += int((y != IGNORE_INDEX).sum())
                 return total / count
@@ -255,12 +260,16 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                     x = torch.from_numpy(val[offsets]).to(device)
                     y = torch.from_numpy(val[offsets + 1]).to(device)
                     logits, state = _logits(model, x, state)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, y)
                     losses.append(_loss(logits, y).item())
                 return float(np.mean(losses))
             rng = np.random.default_rng(args.seed + 1)
             for _ in range(n):
                 x, y = random_batch(val, B, T, rng)  # (B, T) each
                 logits, _ = _logits(model, torch.from_numpy(x).to(device))  # (B, T, V)
+                if accuracy is not None:
+                    accuracy.update(logits, torch.from_numpy(y).to(device))
                 losses.append(_loss(logits, torch.from_numpy(y).to(device)).item())
             return float(np.mean(losses))
     finally:
@@ -483,7 +492,10 @@ def _title(args: TrainArgs) -> str:
 def _evaluate(model: torch.nn.Module, data: Data, args: TrainArgs, rep: Reporter, done: int,
               lr: float, result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
               device: torch.device, amp: torch.dtype | None) -> None:
-    m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp), data.chars_per_token)
+    acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
+    m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp, accuracy=acc),
+                   data.chars_per_token)
+    m.update(acc.result())
     text = sample(model, data, args, device)
     rep.evaluation(done, m, lr, text, params)
     result.val_loss = m["val_loss"]
