@@ -41,16 +41,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impl", choices=["numpy", "torch"], default="numpy")
     p.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], default="mlm")
     p.add_argument("--pretrained", help="a pre-training run to reuse (default: make one)")
-    p.add_argument("--pretrain-steps", type=int, default=1500)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--labelled", type=int, nargs="+", default=[25, 50, 100, 200, 400, 678],
                    help="numbers of labelled training speeches (678 = all)")
     p.add_argument("--n-speakers", type=int, default=5)
-    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--context-length", type=int, default=64)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning / from-scratch peak lr")
+    p.add_argument("--pretrain-lr", type=float, default=2e-3, help="pre-training peak lr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
     p.add_argument("--json", default="bench_finetune.json")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         pre_run = root / "pretrain"
         args = EncoderArgs(objective=ns.objective, impl=ns.impl, steps=ns.pretrain_steps,
                            context_length=ns.context_length, d_model=ns.d_model, n_layer=ns.n_layer,
-                           n_head=ns.n_head, batch_size=32, lr=1e-3, warmup_steps=100,
+                           n_head=ns.n_head, batch_size=32, lr=ns.pretrain_lr, warmup_steps=100,
                            eval_interval=max(ns.pretrain_steps // 5, 1), seed=ns.seed,
                            threads=ns.blas_threads if ns.impl == "torch" else 0)
         t = time.perf_counter()
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in ns.labelled:
         row = {"labelled": min(n, len(task.train))}
         for name, scratch in (("finetuned", False), ("scratch", True)):
-            args = EncoderArgs(impl=ns.impl, checkpoint=str(pre_run), n_speakers=ns.n_speakers,
+            args = EncoderArgs(impl=ns.impl, checkpoint=str(pre_run), n_classes=ns.n_speakers,
                                labelled=min(n, len(task.train)), from_scratch=scratch, steps=ns.finetune_steps,
                                batch_size=32, lr=ns.lr, warmup_steps=ns.finetune_steps // 10,
                                eval_interval=ns.finetune_steps, seed=ns.seed,

@@ -33,7 +33,7 @@ _COMMON = ["impl", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weigh
            "seed", "eval_interval", "eval_iters", "device", "threads", "dropout"]
 _PRETRAIN = ["objective", "corpus", "tokenizer", "vocab_size", "context_length", "d_model", "n_layer",
              "n_head", "d_ff", "norm", "mask_prob"]
-_FINETUNE = ["checkpoint", "task", "n_speakers", "labelled", "from_scratch"]
+_FINETUNE = ["checkpoint", "task", "n_classes", "labelled", "from_scratch"]
 _TORCH_ONLY = ["device", "threads", "dropout"]
 
 
@@ -48,7 +48,8 @@ def add_parser(sub: Any) -> None:
         epilog=PRETRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("objective and data")
     g.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], help="default mlm")
-    g.add_argument("--corpus", help="tinyshakespeare (default), builtin, or a text file")
+    g.add_argument("--corpus", help="tinyshakespeare (default), builtin, a text file, or markov "
+                   "(the text of the markov task's sources)")
     g.add_argument("--tokenizer", choices=["char", "bpe"], help="default char")
     g.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
     g.add_argument("--mask-prob", type=float, help="fraction of tokens chosen for the MLM loss (0.15)")
@@ -72,8 +73,10 @@ def add_parser(sub: Any) -> None:
         epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = f.add_argument_group("task")
     g.add_argument("--checkpoint", required=True, metavar="RUN", help="the pre-training run")
-    g.add_argument("--task", choices=["speakers"], help="default speakers")
-    g.add_argument("--n-speakers", type=int, help="classes: the N most frequent speakers (5)")
+    g.add_argument("--task", choices=["speakers", "markov"],
+                   help="speakers (default) or markov (which of N Markov sources wrote a string: a quick check)")
+    g.add_argument("--n-classes", "--n-speakers", type=int, dest="n_classes",
+                   help="classes: the N most frequent speakers, or N sources (default 5)")
     g.add_argument("--labelled", type=int, help="keep N labelled training examples (default all)")
     g.add_argument("--from-scratch", action="store_true", default=None,
                    help="same model, random initialisation (do not load the pre-trained weights)")
@@ -191,8 +194,7 @@ def is_encoder_run(path: str) -> bool:
 def eval_encoder(ns: argparse.Namespace) -> int:
     """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
     (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
-    from minilm.data.speakers import speaker_task
-    from minilm.encoder_training import EncoderArgs, evaluate_classifier, evaluate_pretrained, load_encoder
+    from minilm.encoder_training import EncoderArgs, evaluate_classifier, evaluate_pretrained, load_encoder, make_task
 
     model, tokenizer, ckpt = load_encoder(ns.checkpoint, ns.impl)
     meta = ckpt.meta
@@ -207,12 +209,12 @@ def eval_encoder(ns: argparse.Namespace) -> int:
             print(f"{k.replace('_', ' ')}: {v:.4f}")
         return 0
     args = EncoderArgs.from_dict(meta["args"])
-    task = speaker_task(args.n_speakers)
+    task = make_task(args.task, args.n_classes)
     if task.classes != meta["classes"]:
         raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
     plot = Path(ckpt.path).parent / "confusion_test.png"
     m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
-    print(f"task: {meta['task']}, test split: {m['n']} speeches, {len(task.classes)} classes "
+    print(f"task: {meta['task']}, test split: {m['n']} examples, {len(task.classes)} classes "
           f"(chance {1 / len(task.classes):.3f})")
     print(f"test accuracy: {m['accuracy']:.4f}")
     print(f"test loss: {m['loss']:.4f}")

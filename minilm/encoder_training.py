@@ -9,7 +9,8 @@ Pre-training (objective ``mlm``, ``mlm+nsp`` or ``causal``) on a corpus::
     causal:   the same encoder with causal attention (``EncoderConfig(causal=True)``) predicting
               the next token of [CLS] w through the tied LM head; the pooler reads the last token
 
-Fine-tuning (task ``speakers``, ``minilm.data.speakers``): the pre-trained encoder plus a new
+Fine-tuning (task ``speakers``, ``minilm.data.speakers``, or ``markov``, the quick synthetic task
+of ``minilm.data.markov_task`` that CI runs): the pre-trained encoder plus a new
 classification head (``EncoderConfig(n_classes=K)``, loaded with ``strict=False``), trained on
 ``[CLS] speech [SEP]`` rows (cut to the context length) with the class cross-entropy; or the
 same model from its random initialisation (``from_scratch``), for the comparison the
@@ -42,6 +43,7 @@ from minilm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minilm.config import EncoderConfig
 from minilm.data import BPETokenizer, CharTokenizer, load_corpus, train_val_split
 from minilm.data.mlm import ENCODER_SPECIALS, EncoderBatch, mask_tokens, nsp_pairs, single_segments, text_segments
+from minilm.data.markov_task import markov_corpus, markov_task
 from minilm.data.speakers import speaker_task
 from minilm.numpy import metrics as M
 from minilm.numpy.encoder import TransformerEncoder
@@ -59,10 +61,10 @@ from minilm.training import (
 )
 
 __all__ = ["EncoderArgs", "EncoderResult", "OBJECTIVES", "TASKS", "pretrain", "finetune",
-           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids"]
+           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids", "make_task"]
 
 OBJECTIVES = ("mlm", "mlm+nsp", "causal")
-TASKS = ("speakers",)
+TASKS = ("speakers", "markov")
 IGNORE_INDEX = -100
 # fields a resumed run may change (as minilm.training.RESUMABLE_CHANGES for `minilm train`)
 RESUMABLE = {"steps", "eval_interval", "eval_iters", "device", "threads"}
@@ -74,7 +76,7 @@ class EncoderArgs:
 
     objective: str = "mlm"  # pre-training objective: "mlm", "mlm+nsp" or "causal"
     impl: str = "numpy"  # "numpy" (the reference loop) or "torch"
-    corpus: str = "tinyshakespeare"  # pre-training text: a corpus name or a path
+    corpus: str = "tinyshakespeare"  # pre-training text: a corpus name, a path, or "markov" (markov_corpus)
     tokenizer: str = "char"  # "char" or "bpe" (specials: ENCODER_SPECIALS)
     vocab_size: int = 512  # BPE only
     # the model (pre-training; fine-tuning takes them from the checkpoint)
@@ -101,8 +103,8 @@ class EncoderArgs:
     threads: int = 0  # torch.set_num_threads when > 0
     # fine-tuning
     checkpoint: str | None = None  # the pre-training run (its config, tokenizer and weights)
-    task: str = "speakers"
-    n_speakers: int = 5
+    task: str = "speakers"  # "speakers" (minilm.data.speakers) or "markov" (minilm.data.markov_task)
+    n_classes: int = 5  # speakers (the most frequent) or Markov sources
     labelled: int | None = None  # keep this many labelled training examples (None: all)
     from_scratch: bool = False  # same model, random initialisation (weights not loaded)
 
@@ -175,7 +177,7 @@ def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
     """Pre-train an encoder on ``args.corpus`` with ``args.objective``; write the run ``out``."""
     run = open_run(out, resume=resume, overwrite=overwrite)
     ckpt = resume_checkpoint(run, args, args.impl, RESUMABLE) if resume else None
-    text = load_corpus(args.corpus)
+    text = _corpus(args.corpus)
     if ckpt is not None:
         tokenizer = tokenizer_from_meta(ckpt.meta, ckpt.path)
     elif args.tokenizer == "char":
@@ -248,7 +250,7 @@ def _pretraining_data(args: EncoderArgs, tokenizer: Any, text: str) -> tuple[Any
 def evaluate_pretrained(model: Any, tokenizer: Any, args: EncoderArgs) -> dict[str, float]:
     """The validation metrics ``pretrain`` logs (loss, MLM or next-token accuracy, NSP accuracy)
     of a pre-trained encoder (either twin), on ``args.eval_iters`` batches of ``args.corpus``."""
-    _, _, evaluate = _pretraining_data(args, tokenizer, load_corpus(args.corpus))
+    _, _, evaluate = _pretraining_data(args, tokenizer, _corpus(args.corpus))
     return evaluate(model if isinstance(model, _Twin) else _Twin.wrap(model))
 
 
@@ -270,7 +272,7 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
                               f"{pre.meta.get('model')!r}); make one with `minilm pretrain`")
     tokenizer = tokenizer_from_meta(pre.meta, pre.path)
     sp = special_ids(tokenizer)
-    task = speaker_task(args.n_speakers)
+    task = make_task(args.task, args.n_classes)
     pre_config = EncoderConfig.from_dict(pre.meta["config"])
     config = replace(pre_config, n_classes=len(task.classes), dropout=args.dropout)
     T = config.context_length
@@ -306,9 +308,23 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
             from minilm.checkpoint import write_json
 
             write_json(run.root / "test_metrics.json", {k: v for k, v in result.test.items() if k != "report"})
-        (print_fn or print)(f"test accuracy {result.test['accuracy']:.4f} on {len(task.test)} speeches "
+        (print_fn or print)(f"test accuracy {result.test['accuracy']:.4f} on {len(task.test)} examples "
                             f"(chance {1 / len(task.classes):.2f})\n{result.test['report']}")
     return result
+
+
+def make_task(name: str, n_classes: int) -> Any:
+    """The labelled task ``name`` with ``n_classes`` classes (a ``SpeakerTask``: classes, splits)."""
+    if name == "speakers":
+        return speaker_task(n_classes)
+    if name == "markov":
+        return markov_task(n_classes)
+    raise ValueError(f"task must be one of {TASKS}, got {name!r}")
+
+
+def _corpus(name: str) -> str:
+    """``load_corpus(name)``, or the Markov task's unlabelled text for "markov"."""
+    return markov_corpus() if name == "markov" else load_corpus(name)
 
 
 def _encode_examples(examples: list[tuple[str, int]], tokenizer: Any, T: int,
