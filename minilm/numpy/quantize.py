@@ -9,15 +9,16 @@ number w as the integer q nearest to w / s, clamped to [-Q, Q] with Q = 2^(b-1) 
     deq(q) = s * q
 
 The error bound. Because s >= max|w| / Q, every |w / s| <= Q, so the clamp never moves a
-value by more than the rounding does, and for every element
+value by more than the rounding does (where the division's own rounding leaves |w / s| a hair
+above Q, the clamp moves it by that hair), and for every element
 
     |w - deq(q(w))| <= s / 2
 
 in exact arithmetic. In floating point the division w / s (done in float64) and the product
 s * q add rounding of relative size 2^-53 (float64) or 2^-24 (a float32 result): the tests
 check ``|w - deq| <= s/2 + eps(dtype) * |w|``. The scale is computed in float64 and stored
-in the weight's dtype (float32 for float32 weights); where that rounding made it smaller than
-max|w| / Q it is bumped to the next representable value, so the bound also holds for
+in the weight's dtype (float32 for float32 weights); where that rounding left Q s below
+max|w| it is stepped up to the next representable value, so the bound also holds for
 denormal weights. An all-zero block has s = 0 and q = 0, and dequantises exactly. -0.0
 quantises to 0 (the integer has no sign of zero). inf and NaN are rejected (ValueError): a
 single inf would make every other element of its block quantise to 0.
@@ -97,10 +98,13 @@ def quantize(w: Any, bits: int = 8, per_channel: bool = False,
     sdtype = np.float64 if w.dtype == np.float64 else np.float32
     wg = _blocks(w, per_channel, group_size).astype(np.float64)  # (R, n_groups, G)
     # s = max |w| / Q over each block, in float64, then rounded up into the scale's dtype
-    s64 = np.abs(wg).max(axis=-1) / qmax  # (R, n_groups)
-    scale = s64.astype(sdtype)
-    too_small = scale.astype(np.float64) < s64
-    scale = np.where(too_small, np.nextafter(scale, sdtype(np.inf)), scale)  # (R, n_groups)
+    amax = np.abs(wg).max(axis=-1)  # (R, n_groups)
+    scale = (amax / qmax).astype(sdtype)  # (R, n_groups)
+    for _ in range(3):  # rounding (to float32, or in a subnormal) can leave Q s < max|w|: step up
+        low = scale.astype(np.float64) * qmax < amax
+        if not low.any():
+            break
+        scale = np.where(low, np.nextafter(scale, sdtype(np.inf)), scale)
     # q = clamp(round(w / s), -Q, Q); a zero block (s = 0) divides by 1 instead: q = 0
     safe = np.where(scale == 0, 1.0, scale.astype(np.float64))[..., None]  # (R, n_groups, 1)
     q = np.clip(np.rint(wg / safe), -qmax, qmax).astype(np.int8)  # (R, n_groups, G)

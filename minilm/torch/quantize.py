@@ -53,12 +53,15 @@ def quantize(w: Any, bits: int = 8, per_channel: bool = False,
     sdtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     wg = _blocks(w, per_channel, group_size).to(torch.float64)  # (R, n_groups, G)
     # s = max |w| / Q over each block, in float64, then rounded up into the scale's dtype
-    s64 = wg.abs().amax(dim=-1) / qmax  # (R, n_groups)
-    scale = s64.to(sdtype)
-    too_small = scale.to(torch.float64) < s64
-    scale = torch.where(too_small, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
+    amax = wg.abs().amax(dim=-1)  # (R, n_groups)
+    scale = (amax / qmax).to(sdtype)  # (R, n_groups)
+    for _ in range(3):  # rounding (to float32, or in a subnormal) can leave Q s < max|w|: step up
+        low = scale.to(torch.float64) * qmax < amax
+        if not bool(low.any()):
+            break
+        scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
     # q = clamp(round(w / s), -Q, Q); a zero block (s = 0) divides by 1 instead: q = 0
-    safe = torch.where(scale == 0, torch.ones_like(s64), scale.to(torch.float64))[..., None]  # (R, n_groups, 1)
+    safe = torch.where(scale == 0, torch.ones_like(amax), scale.to(torch.float64))[..., None]  # (R, n_groups, 1)
     q = torch.clamp(torch.round(wg / safe), -qmax, qmax).to(torch.int8)  # (R, n_groups, G)
     q = q.reshape(w.shape)
     if not per_channel and group_size is None:
