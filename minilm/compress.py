@@ -449,6 +449,7 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     families = {"float32": [], "quantised": [], "pruned": [], "pruned + fine-tuned": [],
@@ -468,14 +469,20 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     fig, ax = plt.subplots(figsize=(8, 5))
     for (fam, rs), marker in zip(families.items(), "*osD^v"):
         if rs:
-            ax.scatter([r["bytes"] / 1e6 for r in rs], [r["val_perplexity"] for r in rs],
-                       marker=marker, label=fam, s=60)
-            for r in rs:
+            rs = sorted(rs, key=lambda r: r["bytes"])
+            ax.plot([r["bytes"] / 1e6 for r in rs], [r["val_perplexity"] for r in rs],
+                    marker=marker, label=fam, markersize=8,
+                    linestyle=":" if fam in ("quantised", "pruned", "pruned + fine-tuned") else "")
+            for j, r in enumerate(rs):
                 ax.annotate(r["variant"], (r["bytes"] / 1e6, r["val_perplexity"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                            xytext=(4, 6 if j % 2 else -10), textcoords="offset points")
     ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("weights on disk (MB, log scale)")
-    ax.set_ylabel("validation perplexity")
+    ax.set_ylabel("validation perplexity (log scale)")
     ax.set_title("perplexity against size")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
