@@ -95,9 +95,11 @@ class Variant:
             raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
 
 
-def sweep(finetune_steps: int = 300) -> list[Variant]:
-    """The variants of the report (module docstring), in table order."""
+def sweep(finetune_steps: int = 300, config: Any = None) -> list[Variant]:
+    """The variants of the report (module docstring), in table order. With ``config``, int4
+    group sizes that do not divide every Linear's input width (d_model, d_ff) are left out."""
     ft = finetune_steps
+    widths = [] if config is None else [config.d_model, config.d_ff]
     out = [Variant("float32")]
     if ft:  # the control: does fine-tuning help the unpruned model as much?
         out.append(Variant(f"float32 + ft{ft}", finetune_steps=ft))
@@ -105,9 +107,8 @@ def sweep(finetune_steps: int = 300) -> list[Variant]:
         Variant("int8 per-tensor", bits=8, per_channel=False),
         Variant("int8 per-channel", bits=8),
         Variant("int8 w+a", bits=8, activations=True),
-        Variant("int4 g32", bits=4, group_size=32),
-        Variant("int4 g64", bits=4, group_size=64),
-        Variant("int4 g128", bits=4, group_size=128),
+        *[Variant(f"int4 g{g}", bits=4, group_size=g) for g in (32, 64, 128)
+          if all(w % g == 0 for w in widths)],
         Variant("torch dynamic int8", peer=True),
     ]
     for s in (0.25, 0.5, 0.75):
@@ -261,7 +262,8 @@ def save_compressed(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], m
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
+    # (np.ascontiguousarray would turn a per-tensor scale of shape () into (1,))
+    save_file({k: np.array(v, order="C", copy=True) for k, v in arrays.items()}, str(tmp),
               metadata={"minilm": json.dumps(meta)})
     os.replace(tmp, path)
     return path.stat().st_size
@@ -361,9 +363,9 @@ def measure(run: str | os.PathLike, variants: Sequence[Variant] | None = None, *
     from minilm.torch import quantize as tq
     from minilm.torch.transformer import TransformerLM
 
-    variants = list(sweep() if variants is None else variants)
     model, tokenizer, info = load_transformer_run(run)
     config, args = model.config, info["args"]
+    variants = list(sweep(config=config) if variants is None else variants)
     base = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     train_ids, val_ids = run_data(info, tokenizer)
     B, T, seed = int(args["batch_size"]), int(args["context_length"]), int(args.get("seed", 1337))
