@@ -13,6 +13,8 @@ NumPy itself): use ``python -m``.
 | TransformerLM | transformer |
 | LSTMLM | lstm |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, pack_int4, QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | SGD, AdamW, clip_grad_norm, cosine_schedule | optim |
 """
 
@@ -43,6 +45,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
                "transformer", "lstm", "generate", "optim", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.numpy.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 

@@ -14,6 +14,8 @@ torch itself): use ``python -m``.
 | TransformerLM | transformer |
 | LSTMLM | lstm |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, dynamic_quantize (torch.ao peer), QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | (optimisers: torch.optim) | |
 """
 
@@ -41,6 +43,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
                "transformer", "lstm", "generate", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.torch.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 
