@@ -299,3 +299,28 @@ def test_dynamic_peer(rng):
     with torch.no_grad():
         err = (d(idx) - m(idx)).abs().max().item()
     assert 0 < err < 0.05
+
+
+@pytest.mark.parametrize("bits, kw", [(8, {}), (4, dict(group_size=8))])
+def test_lstm_weight_only_twins(bits, kw, rng):
+    """The LSTM quantised weight-only (every matrix int8/int4, vectors float): both twins run
+    the dequantised weights and agree; the logits stay near the float model's."""
+    from minilm.config import LSTMConfig
+    from minilm.numpy.lstm import LSTMLM
+    from minilm.torch.lstm import LSTMLM as TorchLSTM
+
+    cfg = LSTMConfig(vocab_size=11, d_embed=16, d_hidden=24, n_layer=2)
+    ref = LSTMLM(cfg, seed=0, dtype=np.float64)
+    qs = nq.quantize_state_dict(ref.state_dict(), bits, per_channel=True, **kw)
+    assert any(k.endswith(f".int{bits}") for k in qs)
+    deq = nq.dequantize_state_dict(qs)
+    a = LSTMLM(cfg, seed=1, dtype=np.float64)
+    a.load_state_dict(deq)
+    b = TorchLSTM(cfg, seed=1).double()
+    b.load_state_dict({k: torch.from_numpy(v) for k, v in deq.items()})
+    idx = rng.integers(0, cfg.vocab_size, (2, 7))
+    la, _ = a.forward(idx)
+    lb, _ = b(torch.from_numpy(idx))
+    np.testing.assert_allclose(lb.detach().numpy(), la, rtol=1e-10, atol=1e-12)
+    lr, _ = ref.forward(idx)
+    assert 0 < np.abs(la - lr).max() < (0.02 if bits == 8 else 0.2) * np.abs(lr).max()
