@@ -23,21 +23,10 @@ activations (per-channel weights, per-token dynamic activation scales,
 sparsity (global, unstructured) with and without fine-tuning; a quarter of the attention
 heads and half of the MLP neurons pruned (structured), with and without fine-tuning.
 
-The compressed weights file (``save_compressed`` / ``load_compressed``), one safetensors file
-whose metadata holds ``{"format": "minilm-compressed", "shapes": {...}, ...}``. For each
-entry ``name`` of the float state dict:
-
-| stored | when |
-| --- | --- |
-| ``name`` (float32) | a vector (bias, LayerNorm), or a matrix left in float |
-| ``name.int8`` / ``name.int4`` + ``name.scale`` | a quantised matrix (int4: two per byte) |
-| ``name.mask`` + ``name.values`` / ``.int8`` / ``.int4`` | a pruned matrix: a bitmask of the kept entries (one bit each, ``np.packbits``) and only the kept values |
-
-so a pruned matrix costs n/8 bytes of mask plus its kept values: 50 % sparsity in float32 is
-2.125 bytes per entry instead of 4. Loading dequantises and scatters the kept values back:
-the model runs dense in float32 (integer arithmetic is measured by the "int8 w+a" variant,
-which runs ``QuantizedTransformerLM``). Quantisation of a pruned matrix keeps its zeros exact
-(0 quantises to 0).
+The compressed weights (``minilm.compressed``: int8/int4 values and scales, pruned matrices as
+a bitmask plus the kept values) load back dequantised: the model then runs dense in float32
+(integer arithmetic is measured by the "int8 w+a" variant, which runs
+``QuantizedTransformerLM``).
 
 Deliberately left out: LSTM runs (they have no heads; this module takes Transformers),
 sparse kernels (a pruned model is stored sparse but runs dense, so it is not faster),
@@ -46,7 +35,6 @@ quantisation of the KV cache, timing on accelerators.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -56,6 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from minilm import compressed
+from minilm.compressed import FORMAT, decode, load_compressed, save_compressed
 from minilm.numpy import prune as npr
 from minilm.numpy import quantize as nq
 
@@ -63,7 +53,6 @@ __all__ = ["Variant", "sweep", "variant_from_options", "compress_state", "encode
            "save_compressed", "load_compressed", "next_token_accuracy", "evaluate", "measure",
            "format_table", "plot_rows", "FORMAT"]
 
-FORMAT = "minilm-compressed"
 STRUCTURED = ("heads", "neurons")
 
 
@@ -83,7 +72,7 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.bits is not None:
-            nq._qmax(self.bits)
+            nq.check_bits(self.bits)
         npr.check_sparsity(self.prune, "fraction" if self.structured else "sparsity")
         if self.structured not in (None, *STRUCTURED):
             raise ValueError(f"structured must be one of {list(STRUCTURED)}, got {self.structured!r}")
@@ -189,102 +178,9 @@ def compress_state(state: Mapping[str, Any], config: Any, variant: Variant,
 
 def encode(state: Mapping[str, np.ndarray], variant: Variant,
            masks: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays to store (table in the module docstring) and the JSON metadata."""
-    masks = masks or {}
-    out: dict[str, np.ndarray] = {}
-    shapes = {}
-    for name, a in state.items():
-        a = np.asarray(a)
-        shapes[name] = list(a.shape)
-        matrix = a.ndim == 2
-        if not matrix or (variant.bits is None and name not in masks):
-            out[name] = np.ascontiguousarray(a, dtype=np.float32)
-            continue
-        keep = masks.get(name)
-        if variant.bits is None:
-            values = a[keep].astype(np.float32)  # (n_kept,)
-            out[name + ".values"] = values
-        else:
-            q, s = nq.quantize(a, variant.bits, variant.per_channel, variant.group_size)
-            out[name + ".scale"] = np.asarray(s, dtype=np.float32)
-            if keep is not None:
-                q = q[keep]  # (n_kept,): the zeros are implied by the mask
-            if variant.bits == 8:
-                out[name + ".int8"] = q
-            else:
-                flat = q.reshape(-1) if keep is not None else q
-                if flat.shape[-1] % 2:  # int4 packs pairs: pad one zero (dropped at load)
-                    flat = np.concatenate([flat, np.zeros(flat.shape[:-1] + (1,), np.int8)], axis=-1)
-                out[name + ".int4"] = nq.pack_int4(flat)
-        if keep is not None:
-            out[name + ".mask"] = np.packbits(keep.reshape(-1))  # (ceil(n / 8),) uint8
-    meta = {"format": FORMAT, "version": 1, "shapes": shapes, "variant": asdict(variant)}
-    return out, meta
-
-
-def decode(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The float32 state dict back from ``encode``'s arrays and metadata."""
-    shapes = meta["shapes"]
-    out: dict[str, np.ndarray] = {}
-    for name, shape in shapes.items():
-        shape = tuple(shape)
-        n = int(np.prod(shape))
-        if name in arrays:
-            out[name] = np.asarray(arrays[name], dtype=np.float32).reshape(shape)
-            continue
-        keep = None
-        if name + ".mask" in arrays:
-            keep = np.unpackbits(arrays[name + ".mask"], count=n).astype(bool).reshape(shape)
-        if name + ".values" in arrays:
-            w = np.zeros(shape, np.float32)
-            w[keep] = arrays[name + ".values"]
-            out[name] = w
-            continue
-        if name + ".int8" in arrays:
-            q = np.asarray(arrays[name + ".int8"], dtype=np.int8)
-        elif name + ".int4" in arrays:
-            q = nq.unpack_int4(arrays[name + ".int4"])
-            q = q[: int(keep.sum())] if keep is not None else q.reshape(shape)
-        else:
-            raise ValueError(f"compressed weights: nothing stored for {name!r}")
-        if keep is not None:
-            dense = np.zeros(shape, np.int8)
-            dense[keep] = q
-            q = dense
-        out[name] = nq.dequantize(q.reshape(shape), np.asarray(arrays[name + ".scale"])).astype(np.float32)
-    return out
-
-
-def save_compressed(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
-    """Write one safetensors file (metadata as JSON under ``"minilm"``); returns its bytes."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # (np.ascontiguousarray would turn a per-tensor scale of shape () into (1,))
-    save_file({k: np.array(v, order="C", copy=True) for k, v in arrays.items()}, str(tmp),
-              metadata={"minilm": json.dumps(meta)})
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-def load_compressed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(float32 state dict, metadata)`` from a file ``save_compressed`` wrote."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no compressed weights file at {path}")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {}).get("minilm", "{}"))
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a minilm compressed weights file (format {meta.get('format')!r})")
-    return decode(arrays, meta), meta
+    """``minilm.compressed.encode`` with the variant's settings, the variant in the metadata."""
+    return compressed.encode(state, variant.bits, variant.per_channel, variant.group_size, masks,
+                             extra={"variant": asdict(variant)})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from minilm.numpy.layers import gelu_forward, layer_norm_forward, to_numpy
 
 __all__ = [
     "BITS",
+    "check_bits",
     "quantize",
     "dequantize",
     "quantize_activations",
@@ -94,7 +95,7 @@ def quantize(w: Any, bits: int = 8, per_channel: bool = False,
     ([50, -127, 0], 0.01)
     """
     w = _check_weight(w)
-    qmax = _qmax(bits)
+    qmax = check_bits(bits)
     sdtype = np.float64 if w.dtype == np.float64 else np.float32
     wg = _blocks(w, per_channel, group_size).astype(np.float64)  # (R, n_groups, G)
     # s = max |w| / Q over each block, in float64, then rounded up into the scale's dtype
@@ -220,7 +221,7 @@ def quantize_state_dict(state_dict: Mapping[str, Any], bits: int = 8, per_channe
     """A flat dict of arrays ready for safetensors: every 2-D float array ``name`` becomes
     ``name.int8`` (int8, bits=8) or ``name.int4`` (packed uint8, bits=4) and ``name.scale``;
     every other array is copied as it is (biases, LayerNorm weights)."""
-    _qmax(bits)
+    check_bits(bits)
     out: dict[str, np.ndarray] = {}
     for name, v in state_dict.items():
         a = to_numpy(v)
@@ -335,8 +336,8 @@ class QuantizedTransformerLM:
 # Checks
 
 
-def _qmax(bits: Any) -> int:
-    """Q = 2^(bits-1) - 1 for a supported bit width."""
+def check_bits(bits: Any) -> int:
+    """Q = 2^(bits-1) - 1 for a supported bit width (8 or 4); ValueError for any other."""
     if isinstance(bits, bool) or bits not in BITS:
         raise ValueError(f"unknown bit width {bits!r}: supported are {list(BITS)}")
     return 2 ** (int(bits) - 1) - 1

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from minilm.config import TransformerConfig
-from minilm.numpy.quantize import BITS, MAX_K_INT32
+from minilm.numpy.quantize import BITS, MAX_K_INT32, check_bits
 from minilm.torch.layers import Linear
 from minilm.torch.transformer import TransformerLM
 
@@ -49,7 +49,7 @@ def quantize(w: Any, bits: int = 8, per_channel: bool = False,
     """Symmetric quantisation of w to ``bits`` (8 or 4): ``(q int8, scale)``, shapes as NumPy's:
     scale () per tensor, (C_out, 1) per channel, (C_out, C_in / G) group-wise."""
     w = _check_weight(w)
-    qmax = _qmax(bits)
+    qmax = check_bits(bits)
     sdtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     wg = _blocks(w, per_channel, group_size).to(torch.float64)  # (R, n_groups, G)
     # s = max |w| / Q over each block, in float64, then rounded up into the scale's dtype
@@ -194,13 +194,6 @@ def dynamic_quantize(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 # Checks
-
-
-def _qmax(bits: Any) -> int:
-    """Q = 2^(bits-1) - 1 for a supported bit width."""
-    if isinstance(bits, bool) or bits not in BITS:
-        raise ValueError(f"unknown bit width {bits!r}: supported are {list(BITS)}")
-    return 2 ** (int(bits) - 1) - 1
 
 
 def _check_weight(w: Any, name: str = "quantize") -> torch.Tensor:
