@@ -265,12 +265,17 @@ def measure(run: str | os.PathLike, variants: Sequence[Variant] | None = None, *
     base = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     train_ids, val_ids = run_data(info, tokenizer)
     B, T, seed = int(args["batch_size"]), int(args["context_length"]), int(args.get("seed", 1337))
-    ft_rng = np.random.default_rng(seed + 2)
+    ft_rng: list[np.random.Generator] = []
 
     def batches(step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fine-tuning batch ``step``: every fine-tuned variant sees the same batches."""
         from minilm.data import get_batch
 
-        return get_batch(train_ids, B, T, ft_rng)
+        if step == 0:
+            ft_rng[:] = [np.random.default_rng(seed + 2)]
+        return get_batch(train_ids, B, T, ft_rng[0])
+
+    pruned: dict[tuple, tuple[dict[str, np.ndarray], npr.Masks]] = {}  # pruning shared by variants
 
     tmp = None
     if out is None:
@@ -281,7 +286,10 @@ def measure(run: str | os.PathLike, variants: Sequence[Variant] | None = None, *
     try:
         for v in variants:
             t0 = time.perf_counter()
-            state, masks = compress_state(base, config, v, batches, lr=lr)
+            key = (v.prune, v.structured, v.finetune_steps)
+            if key not in pruned:
+                pruned[key] = compress_state(base, config, v, batches, lr=lr)
+            state, masks = pruned[key]
             if v.peer:
                 m = tq.dynamic_quantize(_torch_model(TransformerLM, config, state))
                 import io
@@ -290,14 +298,15 @@ def measure(run: str | os.PathLike, variants: Sequence[Variant] | None = None, *
                 torch.save(m.state_dict(), buf)
                 nbytes = weight_bytes = buf.tell()
                 (out / "variants").mkdir(parents=True, exist_ok=True)
-                (out / "variants" / (_slug(v.name) + ".pt")).write_bytes(buf.getvalue())
+                (out / "variants" / (slug(v.name) + ".pt")).write_bytes(buf.getvalue())
             else:
                 arrays, meta = encode(state, v, masks)
-                nbytes = save_compressed(out / "variants" / (_slug(v.name) + ".safetensors"), arrays, meta)
+                nbytes = save_compressed(out / "variants" / (slug(v.name) + ".safetensors"), arrays, meta)
                 weight_bytes = nq.state_dict_bytes(arrays)
                 decoded = decode(arrays, meta)
                 if v.activations:
-                    m = tq.QuantizedTransformerLM(config, state, activations="int8")
+                    m = tq.QuantizedTransformerLM(config, state, activations="int8",
+                                                  per_channel=v.per_channel)
                 else:
                     m = _torch_model(TransformerLM, config, decoded)
             m.eval()
@@ -398,7 +407,7 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
 def load_transformer_run(run: str | os.PathLike):
     """``(torch model in float32 eval mode, tokenizer, info)`` of a Transformer run, where
     info holds ``args`` (training arguments) and ``path``; ValueError for another kind."""
-    from minilm.checkpoint import load_run
+    from minilm.runs import load_run
 
     path = Path(run)
     if not path.exists():
@@ -427,7 +436,7 @@ def _torch_model(cls: Any, config: Any, state: Mapping[str, np.ndarray]):
     return m.eval()
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 

@@ -136,8 +136,9 @@ def save_compressed(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], m
     return path.stat().st_size
 
 
-def load_compressed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(float32 state dict, metadata)`` from a file ``save_compressed`` wrote."""
+def load_compressed(path: str | os.PathLike, raw: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(float32 state dict, metadata)`` from a file ``save_compressed`` wrote; with ``raw``
+    the stored arrays themselves (int8 values, scales, masks) instead of the decoded state."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -151,4 +152,4 @@ def load_compressed(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a minilm compressed weights file (format {meta.get('format')!r})")
-    return decode(arrays, meta), meta
+    return (arrays if raw else decode(arrays, meta)), meta
