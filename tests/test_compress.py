@@ -118,3 +118,91 @@ def test_load_compressed_rejects_other_files(tmp_path):
         mc.load_compressed(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         mc.load_compressed(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command, end to end on tiny runs
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny Transformer run and a tiny LSTM run (NumPy loop, a few seconds each)."""
+    from minilm.numpy.train import train
+    from minilm.presets import get_preset
+
+    root = tmp_path_factory.mktemp("runs")
+    train(get_preset("tiny", steps=10, eval_interval=10), root / "tf", progress=False, print_fn=lambda s: None)
+    train(get_preset("tiny-lstm", steps=2, eval_interval=2), root / "lstm", progress=False,
+          print_fn=lambda s: None)
+    return root
+
+
+def _main(argv, capsys):
+    from minilm.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors (bad choices) exit from inside parse_args
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.slow
+def test_compress_command_loads_and_generates(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "c"
+    rc, printed, err = _main(["compress", "--checkpoint", str(tiny_runs / "tf"), "--quantize", "int8",
+                              "--per-channel", "--prune", "0.5", "--finetune-steps", "3", "--quick",
+                              "--eval-iters", "2", "--gen-tokens", "4", "--out", str(out)], capsys)
+    assert rc == 0, err
+    rows = __import__("json").loads((out / "report.json").read_text())
+    assert [r["variant"] for r in rows] == ["float32", "asked: int8 per-channel + prune 50% + ft3"]
+    for key in ("params", "nonzero_params", "bytes", "val_perplexity", "accuracy", "tokens_per_s"):
+        assert all(np.isfinite(r[key]) for r in rows)
+    assert rows[1]["bytes"] < 0.3 * rows[0]["bytes"] and rows[1]["nonzero_params"] < rows[0]["nonzero_params"]
+    assert "| variant |" in printed and (out / "report.md").is_file()
+    # the compressed run: smaller on disk, and `minilm eval` / `generate` take it
+    size = (out / "checkpoint" / "model.safetensors").stat().st_size
+    assert size < 0.3 * (tiny_runs / "tf" / "checkpoint" / "model.safetensors").stat().st_size
+    rc, printed, err = _main(["eval", "--checkpoint", str(out), "--eval-iters", "2"], capsys)
+    assert rc == 0, err
+    ppl = float(printed.split("perplexity:")[1].split()[0])
+    assert ppl == pytest.approx(rows[1]["val_perplexity"], rel=1e-3)
+    rc, printed, err = _main(["generate", "--checkpoint", str(out), "--prompt", "The ",
+                              "--max-new-tokens", "8"], capsys)
+    assert rc == 0 and printed.startswith("The "), err
+    # the stored weights are the pruned ones: half of each prunable matrix is zero
+    from minilm.runs import load_run
+
+    model, _, _ = load_run(out, impl="numpy")
+    w = model.params["blocks.0.mlp.fc.weight"]
+    assert 0.3 < np.mean(w == 0) < 0.7
+
+
+@pytest.mark.parametrize("argv, rc, match", [
+    (["--prune", "1.0"], 2, r"must be in \[0, 1\)"),
+    (["--prune", "-0.1"], 2, r"must be in \[0, 1\)"),
+    (["--quantize", "int2"], 2, "invalid choice"),
+    ([], 2, "nothing to compress"),
+    (["--quantize", "int8", "--structured", "heads"], 2, "--structured needs --prune"),
+    (["--prune", "0.5", "--activations"], 2, "--activations needs --quantize int8"),
+    (["--quantize", "int8", "--group-size", "0"], 2, "--group-size must be"),
+])
+def test_compress_command_bad_flags(argv, rc, match, tiny_runs, tmp_path, capsys):
+    got, printed, err = _main(["compress", "--checkpoint", str(tiny_runs / "tf"), "--out",
+                               str(tmp_path / "o"), *argv], capsys)
+    assert got == rc and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(match, err), err
+
+
+def test_compress_command_wrong_kind_of_checkpoint(tiny_runs, tmp_path, capsys):
+    rc, _, err = _main(["compress", "--checkpoint", str(tiny_runs / "lstm"), "--quantize", "int8",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert rc == 1 and "takes Transformer runs" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _main(["compress", "--checkpoint", str(tmp_path / "empty"), "--quantize", "int8",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert rc == 1 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _main(["compress", "--checkpoint", str(tmp_path / "missing"), "--quantize", "int8",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1
