@@ -85,6 +85,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
+    from minilm.tensorboard import add_tensorboard_argument
+
     g = p.add_argument_group("optimisation and run")
     g.add_argument("--impl", choices=["numpy", "torch"], help="NumPy reference (default) or PyTorch twin")
     g.add_argument("--steps", type=int, help="optimiser steps")
@@ -103,8 +105,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="DIR", help="run folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace the run --out already holds")
-    g.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files to DIR/tensorboard (needs tensorboard)")
+    add_tensorboard_argument(g)  # --tensorboard, exactly as `minilm train` has it
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -127,13 +128,10 @@ def _args(ns: argparse.Namespace, names: list[str], default_out: str) -> tuple[A
 
 
 def _observers(ns: argparse.Namespace, out: Path) -> list[Any]:
-    if not ns.tensorboard:
-        return []
-    try:
-        from minilm.tensorboard import TensorBoardObserver  # comp11's observer, once merged
-    except ImportError:
-        raise ImportError("--tensorboard needs minilm.tensorboard (and the tensorboard package)") from None
-    return [TensorBoardObserver(out / "tensorboard")]
+    """TensorBoard writers when --tensorboard is given (minilm.tensorboard; [] otherwise)."""
+    from minilm.tensorboard import tensorboard_observers
+
+    return tensorboard_observers(ns, out)
 
 
 def run_pretrain(ns: argparse.Namespace) -> int:
