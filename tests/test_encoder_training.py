@@ -106,9 +106,10 @@ def test_commands_pretrain_finetune_eval_and_their_errors(tmp_path):
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     size = ["--context-length", "24", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--batch-size", "8",
             "--eval-iters", "1"]
-    p = minilm("pretrain", "--steps", "2", "--eval-interval", "2", "--out", str(pre), "--quiet", *size)
+    p = minilm("pretrain", "--steps", "2", "--eval-interval", "2", "--out", str(pre), "--quiet", "--tensorboard", *size)
     assert p.returncode == 0, p.stderr
     assert "val mlm accuracy" in p.stdout and (pre / "log.jsonl").is_file()
+    assert any((pre / "tensorboard").iterdir()), "--tensorboard wrote event files"
     p = minilm("finetune", "--checkpoint", str(pre), "--steps", "2", "--eval-interval", "2", "--labelled", "8",
                "--batch-size", "8", "--out", str(ft), "--quiet")
     assert p.returncode == 0, p.stderr
