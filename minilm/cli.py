@@ -383,10 +383,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from minilm.encoder_cli import eval_encoder, is_encoder_run
+    from minilm.encoder_training import is_encoder_run, report_encoder_run
 
     if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
-        return eval_encoder(ns)
+        return report_encoder_run(ns.checkpoint, ns.impl, ns.eval_iters)
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
     from minilm.numpy.metrics import TopKCounter

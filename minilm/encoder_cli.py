@@ -1,8 +1,9 @@
 """``minilm pretrain`` and ``minilm finetune``: the encoder's commands (loops in
 ``minilm.encoder_training``). Imports nothing heavy at the top, so ``minilm --help`` stays fast.
 
-``minilm eval --checkpoint RUN`` on a classifier run is answered by ``eval_classifier`` here
-(accuracy, per-class precision / recall / F1, the confusion matrix and its plot).
+``minilm eval --checkpoint RUN`` on an encoder run is answered by
+``minilm.encoder_training.report_encoder_run`` (a classifier's accuracy, per-class precision /
+recall / F1, the confusion matrix and its plot).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run_pretrain", "run_finetune", "is_encoder_run", "eval_encoder"]
+__all__ = ["add_parser", "run_pretrain", "run_finetune"]
 
 PRETRAIN_EXAMPLES = """examples:
   minilm pretrain --out runs/enc-mlm                           # masked LM on tinyshakespeare, NumPy
@@ -172,55 +173,4 @@ def _finish(result: Any, out: Path, command: str) -> int:
     if result.test:
         files += ", test_metrics.json" + (", confusion_test.png" if "confusion_plot" in result.test else "")
     print(f"run folder: {out} ({files})")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# minilm eval on encoder runs
-
-
-def is_encoder_run(path: str) -> bool:
-    """Does ``path`` hold an encoder run (pre-trained or classifier)?"""
-    from minilm.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        return load_checkpoint(path).meta.get("model") in ("encoder", "encoder-classifier")
-    except (CheckpointError, OSError, ValueError):
-        return False  # let `minilm eval` report the problem its own way
-
-
-def eval_encoder(ns: argparse.Namespace) -> int:
-    """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
-    (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
-    from minilm.encoder_training import EncoderArgs, evaluate_classifier, evaluate_pretrained, load_encoder, make_task
-
-    model, tokenizer, ckpt = load_encoder(ns.checkpoint, ns.impl)
-    meta = ckpt.meta
-    print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
-    if meta["model"] == "encoder":
-        args = EncoderArgs.from_dict(meta["args"])
-        if ns.eval_iters is not None:
-            args = EncoderArgs(**{**args.to_dict(), "eval_iters": ns.eval_iters})
-        print(f"validation: {args.eval_iters} batches of {args.batch_size} rows of {args.corpus} "
-              f"({args.objective})")
-        for k, v in evaluate_pretrained(model, tokenizer, args).items():
-            print(f"{k.replace('_', ' ')}: {v:.4f}")
-        return 0
-    args = EncoderArgs.from_dict(meta["args"])
-    task = make_task(args.task, args.n_classes)
-    if task.classes != meta["classes"]:
-        raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
-    plot = Path(ckpt.path).parent / "confusion_test.png"
-    m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
-    print(f"task: {meta['task']}, test split: {m['n']} examples, {len(task.classes)} classes "
-          f"(chance {1 / len(task.classes):.3f})")
-    print(f"test accuracy: {m['accuracy']:.4f}")
-    print(f"test loss: {m['loss']:.4f}")
-    print(f"macro F1: {m['macro_f1']:.4f}")
-    print(m["report"])
-    print("confusion matrix (rows true, columns predicted):")
-    for name, row in zip(task.classes, m["confusion"]):
-        print(f"  {name:<16} " + " ".join(f"{c:4d}" for c in row))
-    if "confusion_plot" in m:
-        print(f"plot: {m['confusion_plot']}")
     return 0

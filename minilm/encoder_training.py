@@ -61,7 +61,8 @@ from minilm.training import (
 )
 
 __all__ = ["EncoderArgs", "EncoderResult", "OBJECTIVES", "TASKS", "pretrain", "finetune",
-           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids", "make_task"]
+           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids", "make_task",
+           "is_encoder_run", "report_encoder_run"]
 
 OBJECTIVES = ("mlm", "mlm+nsp", "causal")
 TASKS = ("speakers", "markov")
@@ -370,6 +371,54 @@ def load_encoder(path: str | Path, impl: str | None = None) -> tuple[Any, Any, A
     twin = _Twin(impl, config, seed=0)
     twin.load(ckpt.weights)
     return twin.model, tokenizer, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# minilm eval on encoder runs
+
+
+def is_encoder_run(path: str | Path) -> bool:
+    """Does ``path`` hold an encoder run (pre-trained or classifier)?"""
+    try:
+        return load_checkpoint(path).meta.get("model") in ("encoder", "encoder-classifier")
+    except (CheckpointError, OSError, ValueError):
+        return False  # let `minilm eval` report the problem its own way
+
+
+def report_encoder_run(path: str | Path, impl: str | None = None, eval_iters: int | None = None,
+                       print_fn: Callable[[str], None] = print) -> int:
+    """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
+    (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
+    model, tokenizer, ckpt = load_encoder(path, impl)
+    meta = ckpt.meta
+    print_fn(f"checkpoint: {ckpt.path} (step {ckpt.step})")
+    if meta["model"] == "encoder":
+        args = EncoderArgs.from_dict(meta["args"])
+        if eval_iters is not None:
+            args = EncoderArgs(**{**args.to_dict(), "eval_iters": eval_iters})
+        print_fn(f"validation: {args.eval_iters} batches of {args.batch_size} rows of {args.corpus} "
+              f"({args.objective})")
+        for k, v in evaluate_pretrained(model, tokenizer, args).items():
+            print_fn(f"{k.replace('_', ' ')}: {v:.4f}")
+        return 0
+    args = EncoderArgs.from_dict(meta["args"])
+    task = make_task(args.task, args.n_classes)
+    if task.classes != meta["classes"]:
+        raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
+    plot = Path(ckpt.path).parent / "confusion_test.png"
+    m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
+    print_fn(f"task: {meta['task']}, test split: {m['n']} examples, {len(task.classes)} classes "
+          f"(chance {1 / len(task.classes):.3f})")
+    print_fn(f"test accuracy: {m['accuracy']:.4f}")
+    print_fn(f"test loss: {m['loss']:.4f}")
+    print_fn(f"macro F1: {m['macro_f1']:.4f}")
+    print_fn(m["report"])
+    print_fn("confusion matrix (rows true, columns predicted):")
+    for name, row in zip(task.classes, m["confusion"]):
+        print_fn(f"  {name:<16} " + " ".join(f"{c:4d}" for c in row))
+    if "confusion_plot" in m:
+        print_fn(f"plot: {m['confusion_plot']}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
