@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ _TORCH_ONLY = ["device", "threads", "dropout"]
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pretrain", help="pre-train an encoder (masked LM, + next sentence, or causal)",
-        description="Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
+        description=_fill("Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
                     "language modelling (15 %% of tokens chosen; 80 %% [MASK], 10 %% random, 10 %% kept), "
                     "optionally with next-sentence prediction on consecutive lines, or a causal "
                     "objective. Checkpoints, resume, Ctrl-C, progress, log.jsonl and loss.png as "
-                    "`minilm train`.",
+                    "`minilm train`."),
         epilog=PRETRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("objective and data")
     g.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], help="default mlm")
@@ -66,11 +67,11 @@ def add_parser(sub: Any) -> None:
 
     f = sub.add_parser(
         "finetune", help="fine-tune a pre-trained encoder on a labelled task (speakers)",
-        description="Fine-tune the encoder of a `minilm pretrain` run on a labelled task, or train "
+        description=_fill("Fine-tune the encoder of a `minilm pretrain` run on a labelled task, or train "
                     "the same model from scratch (--from-scratch) for comparison. Task 'speakers': "
                     "which of the N most frequent tinyshakespeare speakers says a speech, split "
                     "so that no line is in two splits. Reports validation accuracy while training "
-                    "and test accuracy, per-class P/R/F1 and a confusion matrix at the end.",
+                    "and test accuracy, per-class P/R/F1 and a confusion matrix at the end."),
         epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = f.add_argument_group("task")
     g.add_argument("--checkpoint", required=True, metavar="RUN", help="the pre-training run")
@@ -83,6 +84,10 @@ def add_parser(sub: Any) -> None:
                    help="same model, random initialisation (do not load the pre-trained weights)")
     _common_flags(f)
     f.set_defaults(handler=run_finetune)
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, width=88)
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
