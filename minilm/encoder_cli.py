@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pretrain", help="pre-train an encoder (masked LM, + next sentence, or causal)",
         description=_fill("Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
-                    "language modelling (15 %% of tokens chosen; 80 %% [MASK], 10 %% random, 10 %% kept), "
+                    "language modelling (15 % of tokens chosen; 80 % [MASK], 10 % random, 10 % kept), "
                     "optionally with next-sentence prediction on consecutive lines, or a causal "
                     "objective. Checkpoints, resume, Ctrl-C, progress, log.jsonl and loss.png as "
                     "`minilm train`."),
