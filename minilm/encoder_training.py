@@ -174,8 +174,14 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
 
 def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
              progress: bool = True, print_fn: Callable[[str], None] | None = None,
-             observers: tuple[Observer, ...] | list[Observer] = ()) -> EncoderResult:
-    """Pre-train an encoder on ``args.corpus`` with ``args.objective``; write the run ``out``."""
+             observers: tuple[Observer, ...] | list[Observer] = (),
+             callback: Callable[[int, float], None] | None = None) -> EncoderResult:
+    """Pre-train an encoder on ``args.corpus`` with ``args.objective``; write the run ``out``.
+
+    As ``minilm.numpy.train.train``: ``resume`` / ``overwrite`` an existing run,
+    ``callback(step, loss)`` after every step, ``observers`` on every step and evaluation;
+    Ctrl-C stops after the step, saves a checkpoint and returns with ``interrupted=True``.
+    """
     run = open_run(out, resume=resume, overwrite=overwrite)
     ckpt = resume_checkpoint(run, args, args.impl, RESUMABLE) if resume else None
     text = _corpus(args.corpus)
@@ -189,7 +195,7 @@ def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
     train_data, batch, evaluate = _pretraining_data(args, tokenizer, text)
     title = f"encoder {args.objective} ({args.impl}) on {Path(args.corpus).name}"
     return _loop(args, run, ckpt, config, tokenizer, "encoder", batch, train_data, evaluate, title,
-                 progress, print_fn, observers, resume)
+                 progress, print_fn, observers, resume, callback=callback)
 
 
 def _pretraining_data(args: EncoderArgs, tokenizer: Any, text: str) -> tuple[Any, Callable, Callable]:
@@ -261,7 +267,8 @@ def evaluate_pretrained(model: Any, tokenizer: Any, args: EncoderArgs) -> dict[s
 
 def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
              progress: bool = True, print_fn: Callable[[str], None] | None = None,
-             observers: tuple[Observer, ...] | list[Observer] = ()) -> EncoderResult:
+             observers: tuple[Observer, ...] | list[Observer] = (),
+             callback: Callable[[int, float], None] | None = None) -> EncoderResult:
     """Fine-tune the encoder of ``args.checkpoint`` on ``args.task`` (or train it from scratch)."""
     if args.checkpoint is None:
         raise ValueError("finetune needs --checkpoint RUN (a pre-training run: its model, tokenizer, weights)")
@@ -299,6 +306,7 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
     extra_meta = {"classes": task.classes, "task": args.task, "pretrained": str(pre.path)}
     result = _loop(args, run, ckpt, config, tokenizer, "encoder-classifier", batch, (train_rows, train_y),
                    evaluate, title, progress, print_fn, observers, resume, init=init, extra_meta=extra_meta,
+                   callback=callback,
                    describe=f"{len(train_y)} labelled examples, {len(task.classes)} classes "
                             f"({', '.join(task.classes)}); validation {len(val_y)}, test {len(task.test)}")
     model, result.model = result.model, None
@@ -565,7 +573,7 @@ def _loop(args: EncoderArgs, run: Any, ckpt: Any, config: EncoderConfig, tokeniz
           evaluate: Callable[[_Twin], dict[str, float]], title: str, progress: bool,
           print_fn: Callable[[str], None] | None, observers: Any, resume: bool,
           init: dict[str, np.ndarray] | None = None, extra_meta: dict[str, Any] | None = None,
-          describe: str = "") -> EncoderResult:
+          describe: str = "", callback: Callable[[int, float], None] | None = None) -> EncoderResult:
     """The training loop both commands share (the steps of ``minilm.training``'s recipe)."""
     twin = _Twin(args.impl, config, args.seed, args)
     if init is not None:
@@ -614,6 +622,8 @@ def _loop(args: EncoderArgs, run: Any, ckpt: Any, config: EncoderConfig, tokeniz
                     raise FloatingPointError(f"training loss became {loss} at step {done}; try a lower --lr")
                 result.losses.append(loss)
                 rep.step(done, loss, lr)
+                if callback is not None:
+                    callback(done, loss)
                 if done % args.eval_interval == 0 or done == args.steps:
                     evaluation()
                     result.checkpoint = save(done)

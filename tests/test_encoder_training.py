@@ -164,3 +164,20 @@ def test_tiny_pretrain_then_finetune_beats_chance_by_a_clear_margin(tmp_path):
     bar = clear_margin(m["n"], 3)
     assert 0.45 < bar < 0.55
     assert m["accuracy"] > bar, (m["accuracy"], bar, m["confusion"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    """A real SIGINT in the middle of pre-training: the loop stops after the step, saves the
+    checkpoint, restores the handler; --resume then finishes the run."""
+    import signal
+
+    def ctrl_c_at_step_3(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    args = EncoderArgs(steps=6, eval_interval=5, **TINY)
+    res = pretrain(args, tmp_path / "run", callback=ctrl_c_at_step_3, **QUIET)
+    assert res.interrupted and res.step == 3 and load_checkpoint(tmp_path / "run").step == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    done = pretrain(args, tmp_path / "run", resume=True, **QUIET)
+    assert not done.interrupted and done.first_step == 3 and done.step == 6
