@@ -87,8 +87,9 @@ EVAL_EXAMPLES = _fmt("""
 # ``handler=<function(ns) -> int>`` as a default; errors are reported as for the commands here.
 # Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
 # stays fast.
-COMMAND_MODULES: list[str] = ["minilm.encoder_cli"]
+COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
+COMMAND_MODULES.append("minilm.encoder_cli")  # minilm pretrain, minilm finetune (issue 10)
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)
@@ -387,9 +388,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
         return report_encoder_run(ns.checkpoint, ns.impl, ns.eval_iters)
+    from minilm.numpy.metrics import TopKCounter
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
-    from minilm.numpy.metrics import TopKCounter
     from minilm.training import eval_description, lm_metrics, prepare_data
 
     _check_positive("--eval-iters", ns.eval_iters)
