@@ -106,6 +106,9 @@ BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
                 "shakespeare-char Transformer and LSTM presets: val loss and wall time vs targets"),
     "tokenizer": (None, "bench_tokenizer.py", "tokenizer training and encoding speed"),
 }
+BENCHMARKS["finetune"] = (None, "bench_finetune.py",  # issue 10
+                          "pre-trained and fine-tuned encoder vs the same model from scratch: "
+                          "test accuracy against the number of labelled examples, plotted")
 
 
 def build_parser() -> argparse.ArgumentParser:
