@@ -90,6 +90,8 @@ EVAL_EXAMPLES = _fmt("""
 COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
 COMMAND_MODULES.append("minilm.classroom.command")  # minilm assignment list|make|grade|gradescope
+COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
+COMMAND_MODULES.append("minilm.encoder_cli")  # minilm pretrain, minilm finetune (issue 10)
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv, prog) -- or "module:function" -- or None, script under
@@ -111,10 +113,14 @@ BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
                 "shakespeare-char Transformer and LSTM presets: val loss and wall time vs targets"),
     "tokenizer": (None, "bench_tokenizer.py", "tokenizer training and encoding speed"),
 }
+BENCHMARKS["finetune"] = (None, "bench_finetune.py",  # issue 10
+                          "pre-trained and fine-tuned encoder vs the same model from scratch: "
+                          "test accuracy against the number of labelled examples, plotted")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from minilm.presets import DEFAULT_PRESET, PRESETS
+    from minilm.tensorboard import add_tensorboard_argument
 
     parser = _Parser(
         prog="minilm",
@@ -184,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
     g.add_argument("--eval-iters", type=int, help="validation batches per evaluation")
     g.add_argument("--sample-tokens", type=int, help="tokens in each printed sample (0: none)")
+    add_tensorboard_argument(g)  # --tensorboard (minilm.tensorboard; pretrain/finetune use it too)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # --- generate ---
@@ -262,6 +269,7 @@ _TORCH_ONLY = ["device", "amp", "threads", "attention", "dropout"]
 def cmd_train(ns: argparse.Namespace) -> int:
     from minilm.checkpoint import load_checkpoint
     from minilm.presets import DEFAULT_PRESET, EXPECTED, PRESETS, TrainArgs, get_preset
+    from minilm.tensorboard import tensorboard_observers
 
     if ns.list_presets:
         for name, overrides in PRESETS.items():
@@ -307,7 +315,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"minilm: {verb} {what} for {args.steps} steps -> {out}", flush=True)
         if not ns.resume and preset in EXPECTED and args == get_preset(preset):
             print(f"minilm: expect {EXPECTED[preset]}", flush=True)
-    result = train(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet)
+    observers = tensorboard_observers(ns, out) if _is_rank0() else []  # --tensorboard
+    result = train(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet,
+                   observers=observers)
     if not _is_rank0():
         return EXIT_INTERRUPTED if result.interrupted else 0
     if result.interrupted:
@@ -386,6 +396,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
+    from minilm.encoder_training import is_encoder_run, report_encoder_run
+
+    if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
+        return report_encoder_run(ns.checkpoint, ns.impl, ns.eval_iters)
+    from minilm.numpy.metrics import TopKCounter
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
     from minilm.training import eval_description, lm_metrics, prepare_data
@@ -397,15 +412,16 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         batch_size=ns.batch_size, corpus=ns.corpus, eval_iters=ns.eval_iters)
     data = prepare_data(args, tokenizer)
     whole = ns.eval_iters is None  # the whole split, in order: exact
+    acc = TopKCounter()
     if (ns.impl or ckpt.framework) == "torch":
         from minilm.torch.train import estimate_loss
 
         loss = estimate_loss(model, data.val, args, device=next(model.parameters()).device,
-                             whole_split=whole)
+                             whole_split=whole, accuracy=acc)
     else:
         from minilm.numpy.train import estimate_loss
 
-        loss = estimate_loss(model, data.val, args, whole_split=whole)
+        loss = estimate_loss(model, data.val, args, whole_split=whole, accuracy=acc)
     m = lm_metrics(loss, data.chars_per_token)
     unit = "char" if args.tokenizer == "char" else "token"
     print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
@@ -415,6 +431,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     print(f"perplexity: {m['val_perplexity']:.4f}")
     print(f"bits per token: {m['val_bits_per_token']:.4f}")
     print(f"bits per char: {m['val_bits_per_char']:.4f}")
+    for k, v in acc.result().items():  # val_next_token_accuracy, val_top5_accuracy
+        print(f"{k[4:].replace('_', ' ')}: {v:.4f}")
     return 0
 
 

@@ -12,7 +12,11 @@ NumPy itself): use ``python -m``.
 | token_log_probs, sequence_log_prob, perplexity, bits_per_token | likelihood |
 | TransformerLM | transformer |
 | LSTMLM | lstm |
+| TransformerEncoder | encoder |
+| accuracy, next_token_accuracy, top_k_accuracy, confusion_matrix, precision_recall_f1 | metrics |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, pack_int4, QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | SGD, AdamW, clip_grad_norm, cosine_schedule | optim |
 """
 
@@ -39,10 +43,17 @@ _EXPORTS = {
     "bits_per_token": "likelihood",
     "TransformerLM": "transformer",
     "LSTMLM": "lstm",
+    "TransformerEncoder": "encoder",
+    "accuracy": "metrics",
+    "next_token_accuracy": "metrics",
+    "top_k_accuracy": "metrics",
+    "confusion_matrix": "metrics",
+    "precision_recall_f1": "metrics",
     "generate": "generate",
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
-               "transformer", "lstm", "generate", "optim", "train"}
+               "transformer", "encoder", "metrics", "lstm", "generate", "optim", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.numpy.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 

@@ -51,6 +51,7 @@ from minilm.checkpoint import CheckpointError, save_checkpoint
 from minilm.numpy.functional import cross_entropy
 from minilm.numpy.generate import generate
 from minilm.numpy.lstm import LSTMLM
+from minilm.numpy.metrics import TopKCounter
 from minilm.numpy.optim import AdamW, clip_grad_norm, cosine_schedule
 from minilm.numpy.transformer import TransformerLM
 from minilm.presets import TrainArgs
@@ -99,7 +100,7 @@ def _logits(model: Any, x: np.ndarray, state: Any = None) -> tuple[np.ndarray, A
 
 
 def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int | None = None,
-                  whole_split: bool = False) -> float:
+                  whole_split: bool = False, accuracy: TopKCounter | None = None) -> float:
     """Mean validation cross-entropy in nats per token.
 
     ``whole_split``: every target of ``val`` once, in order (``split_windows``; the LSTM
@@ -107,7 +108,8 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
     estimate, as during training: the Transformer (and an LSTM with ``lstm_bptt="random"``)
     on ``eval_iters`` batches of random windows from a fresh ``default_rng(seed + 1)``; an
     LSTM in carry mode on B streams through the start of ``val``, ``eval_iters`` consecutive
-    windows, state carried. ``eval_description`` says which, in words.
+    windows, state carried. ``eval_description`` says which, in words. ``accuracy`` (a
+    ``TopKCounter``), if given, also counts next-token and top-k accuracy over the same logits.
     """
     n = eval_iters or args.eval_iters
     B, T = args.batch_size, args.context_length
@@ -116,6 +118,8 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
         total, count, state = 0.0, 0, None
         for x, y in split_windows(val, B, T):  # (B, T) each, y = IGNORE_INDEX past the end
             logits, state = _logits(model, x, state if carry else None)  # (B, T, V)
+            if accuracy is not None:
+                accuracy.update(logits, y, IGNORE_INDEX)
             k = int((y != IGNORE_INDEX).sum())
             total += float(cross_entropy(logits, y, ignore_index=IGNORE_INDEX)) * k  # sum of NLL
             count += k
@@ -128,12 +132,16 @@ def estimate_loss(model: Any, val: np.ndarray, args: TrainArgs, eval_iters: int 
         for w in range(windows):
             offsets = (np.arange(streams) * L + w * T)[:, None] + np.arange(T)[None, :]  # (B, T)
             logits, state = _logits(model, val[offsets], state)  # (B, T, V)
+            if accuracy is not None:
+                accuracy.update(logits, val[offsets + 1])
             losses.append(float(cross_entropy(logits, val[offsets + 1])))
         return float(np.mean(losses))
     rng = np.random.default_rng(args.seed + 1)
     for _ in range(n):
         x, y = random_batch(val, B, T, rng)  # (B, T) each
         logits, _ = _logits(model, x)  # (B, T, V)
+        if accuracy is not None:
+            accuracy.update(logits, y)
         losses.append(float(cross_entropy(logits, y)))
     return float(np.mean(losses))
 
@@ -211,6 +219,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     def params() -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in model.params.items()}
 
+    last: dict[str, Any] = {}  # the last step's gradients, for observers (TensorBoard histograms)
+
+    def gradients() -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in last.get("grads", {}).items()}
+
     # --- the loop ---
     rep = Reporter(args.steps, run, start=start, progress=progress, active=True, print_fn=print_fn,
                    title=_title(args), observers=observers)
@@ -238,9 +251,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                 else:
                     x, y = random_batch(data.train, args.batch_size, args.context_length, rng)
                     loss, grads = model.loss_and_grads(x, y)  # LSTM: each window from zero state
+                extra = {}
                 if args.grad_clip > 0:
-                    # g <- g * min(1, clip / ||g||)
-                    clip_grad_norm(grads, args.grad_clip)
+                    # g <- g * min(1, clip / ||g||); ||g|| before clipping is logged as grad_norm
+                    extra["grad_norm"] = clip_grad_norm(grads, args.grad_clip)
+                last["grads"] = grads
                 optimizer.step(grads)
                 done = step + 1
                 loss_value = float(loss)
@@ -248,11 +263,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     raise FloatingPointError(f"training loss became {loss_value} at step {done}; "
                                              f"try a lower --lr")
                 losses.append(loss_value)
-                rep.step(done, loss_value, lr)
+                rep.step(done, loss_value, lr, **extra)
                 if callback is not None:
                     callback(done, loss_value)
                 if done % args.eval_interval == 0 or done == args.steps:
-                    _evaluate(model, data, args, rep, done, lr, result, params)
+                    _evaluate(model, data, args, rep, done, lr, result, params, gradients)
                     result.checkpoint = save(done)
     except ForcedStop:
         rep.close()
@@ -278,10 +293,13 @@ def _title(args: TrainArgs) -> str:
 
 
 def _evaluate(model: Any, data: Data, args: TrainArgs, rep: Reporter, done: int, lr: float,
-              result: TrainResult, params: Callable[[], dict[str, np.ndarray]]) -> None:
-    m = lm_metrics(estimate_loss(model, data.val, args), data.chars_per_token)
+              result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
+              grads: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
+    acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
+    m = lm_metrics(estimate_loss(model, data.val, args, accuracy=acc), data.chars_per_token)
+    m.update(acc.result())
     text = sample(model, data, args)
-    rep.evaluation(done, m, lr, text, params)
+    rep.evaluation(done, m, lr, text, params, grads)
     result.val_loss = m["val_loss"]
     result.val_perplexity = m["val_perplexity"]
     result.bits_per_char = m["val_bits_per_char"]

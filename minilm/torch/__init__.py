@@ -13,7 +13,11 @@ torch itself): use ``python -m``.
 | token_log_probs, sequence_log_prob, perplexity, bits_per_token | likelihood |
 | TransformerLM | transformer |
 | LSTMLM | lstm |
+| TransformerEncoder | encoder |
+| accuracy, next_token_accuracy, top_k_accuracy, confusion_matrix, precision_recall_f1 | metrics |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, dynamic_quantize (torch.ao peer), QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | (optimisers: torch.optim) | |
 """
 
@@ -37,10 +41,17 @@ _EXPORTS = {
     "bits_per_token": "likelihood",
     "TransformerLM": "transformer",
     "LSTMLM": "lstm",
+    "TransformerEncoder": "encoder",
+    "accuracy": "metrics",
+    "next_token_accuracy": "metrics",
+    "top_k_accuracy": "metrics",
+    "confusion_matrix": "metrics",
+    "precision_recall_f1": "metrics",
     "generate": "generate",
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
-               "transformer", "lstm", "generate", "train"}
+               "transformer", "encoder", "metrics", "lstm", "generate", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.torch.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 

@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minilm.checkpoint import CheckpointError, save_checkpoint
 from minilm.numpy.lstm import LSTMLM as NumpyLSTMLM
+from minilm.numpy.metrics import TopKCounter
 from minilm.numpy.optim import cosine_schedule
 from minilm.numpy.transformer import TransformerLM as NumpyTransformerLM
 from minilm.presets import TrainArgs
@@ -227,8 +228,10 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> tor
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                   eval_iters: int | None = None, device: torch.device | str = "cpu",
-                  amp: torch.dtype | None = None, whole_split: bool = False) -> float:
-    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin."""
+                  amp: torch.dtype | None = None, whole_split: bool = False,
+                  accuracy: TopKCounter | None = None) -> float:
+    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin.
+    ``accuracy`` (a ``TopKCounter``), if given, also counts next-token and top-k accuracy."""
     n = eval_iters or args.eval_iters
     B, T = args.batch_size, args.context_length
     carry = args.model == "lstm"
@@ -243,6 +246,8 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                 for x, y in split_windows(val, B, T):  # (B, T) each, y = IGNORE_INDEX past the end
                     logits, state = _logits(model, torch.from_numpy(x).to(device),
                                             state if carry else None)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, torch.from_numpy(y).to(device), IGNORE_INDEX)
                     total += _loss(logits, torch.from_numpy(y).to(device), "sum").item()  # sum of NLL
                     count += int((y != IGNORE_INDEX).sum())
                 return total / count
@@ -255,12 +260,16 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                     x = torch.from_numpy(val[offsets]).to(device)
                     y = torch.from_numpy(val[offsets + 1]).to(device)
                     logits, state = _logits(model, x, state)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, y)
                     losses.append(_loss(logits, y).item())
                 return float(np.mean(losses))
             rng = np.random.default_rng(args.seed + 1)
             for _ in range(n):
                 x, y = random_batch(val, B, T, rng)  # (B, T) each
                 logits, _ = _logits(model, torch.from_numpy(x).to(device))  # (B, T, V)
+                if accuracy is not None:
+                    accuracy.update(logits, torch.from_numpy(y).to(device))
                 losses.append(_loss(logits, torch.from_numpy(y).to(device)).item())
             return float(np.mean(losses))
     finally:
@@ -385,6 +394,10 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     def params() -> dict[str, np.ndarray]:
         return {k: v.detach().float().cpu().numpy() for k, v in raw_model.state_dict().items()}
 
+    def gradients() -> dict[str, np.ndarray]:  # the last step's (for TensorBoard histograms)
+        return {k: p.grad.detach().float().cpu().numpy() for k, p in raw_model.named_parameters()
+                if p.grad is not None}
+
     # --- the loop ---
     rep = Reporter(args.steps, run, start=start, progress=progress, active=is_main,
                    print_fn=print_fn, title=_title(args), observers=observers)
@@ -423,10 +436,12 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     state = tuple(s.detach() for s in new_state)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+                extra = {}
                 if args.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    # g <- g * min(1, clip / ||g||)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+                    # g <- g * min(1, clip / ||g||); ||g|| before clipping is logged as grad_norm
+                    extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                                        args.grad_clip).item()
                 scaler.step(optimizer)
                 scaler.update()
                 done = step + 1
@@ -435,12 +450,13 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     raise FloatingPointError(f"training loss became {loss_value} at step {done}; "
                                              f"try a lower --lr")
                 losses.append(loss_value)
-                rep.step(done, loss_value, lr)
+                rep.step(done, loss_value, lr, **extra)
                 if callback is not None:
                     callback(done, loss_value)
                 if done % args.eval_interval == 0 or done == args.steps:
                     if is_main:
-                        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp)
+                        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp,
+                                  gradients)
                     result.checkpoint = save(done)
     except ForcedStop:
         rep.close()  # (no dist.close(): the other ranks may be anywhere; the process is ending)
@@ -482,10 +498,14 @@ def _title(args: TrainArgs) -> str:
 
 def _evaluate(model: torch.nn.Module, data: Data, args: TrainArgs, rep: Reporter, done: int,
               lr: float, result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
-              device: torch.device, amp: torch.dtype | None) -> None:
-    m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp), data.chars_per_token)
+              device: torch.device, amp: torch.dtype | None,
+              grads: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
+    acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
+    m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp, accuracy=acc),
+                   data.chars_per_token)
+    m.update(acc.result())
     text = sample(model, data, args, device)
-    rep.evaluation(done, m, lr, text, params)
+    rep.evaluation(done, m, lr, text, params, grads)
     result.val_loss = m["val_loss"]
     result.val_perplexity = m["val_perplexity"]
     result.bits_per_char = m["val_bits_per_char"]
