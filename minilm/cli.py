@@ -85,6 +85,7 @@ EVAL_EXAMPLES = _fmt("""
 # Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
 # stays fast.
 COMMAND_MODULES: list[str] = []
+COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)
