@@ -87,11 +87,12 @@ EVAL_EXAMPLES = _fmt("""
 # ``handler=<function(ns) -> int>`` as a default; errors are reported as for the commands here.
 # Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
 # stays fast.
-COMMAND_MODULES: list[str] = []
-COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
-COMMAND_MODULES.append("minilm.classroom.command")  # minilm assignment list|make|grade|gradescope
-COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
-COMMAND_MODULES.append("minilm.encoder_cli")  # minilm pretrain, minilm finetune (issue 10)
+COMMAND_MODULES: list[str] = [
+    "minilm.encoder_cli",  # minilm pretrain, minilm finetune
+    "minilm.compress_command",  # minilm compress
+    "minilm.classroom.command",  # minilm assignment list|make|grade|gradescope
+    "minilm.tutorials",  # minilm tutorials list|build
+]
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv, prog) -- or "module:function" -- or None, script under
