@@ -47,6 +47,16 @@ def test_next_token_accuracy_ignores_positions(rng):
         M.top_k_accuracy(logits, targets[:, :3])
 
 
+def test_nan_logits_are_misses_in_both_twins():
+    """A diverged model (NaN logits) predicts nothing: every comparison with NaN is False, so
+    a rank count alone would call each such row a hit."""
+    logits = np.array([[np.nan] * 4, [0.0, np.nan, 1.0, 2.0], [3.0, 0.0, 1.0, 2.0]])  # (3, 4)
+    y = np.array([0, 3, 0])
+    for k in (1, 4):
+        assert M.top_k_accuracy(logits, y, k) == 1 / 3
+        assert TM.top_k_accuracy(torch.as_tensor(logits), torch.as_tensor(y), k) == 1 / 3
+
+
 def test_confusion_precision_recall_f1_vs_sklearn(rng):
     K = 5
     y = rng.integers(0, K, 300)

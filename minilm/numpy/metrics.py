@@ -8,7 +8,8 @@ For a language model's logits (B, T, V) and next-token targets (B, T)::
 "counted" means ``targets != ignore_index`` (as in ``cross_entropy``); the same functions take a
 classifier's logits (N, n_classes) and labels (N,). Ties go in the target's favour: a hit is
 a target with fewer than k logits strictly larger than its own (the same rule in both twins,
-so they agree even where ``argmax`` and ``topk`` would break a tie differently).
+so they agree even where ``argmax`` and ``topk`` would break a tie differently). A position
+whose logits hold a NaN (a diverged model) is a miss.
 
 For a classifier's predictions (after argmax) and true labels, both (N,) ints in
 [0, n_classes)::
@@ -58,8 +59,10 @@ def top_k_accuracy(logits: Any, targets: Any, k: int = 5, ignore_index: int = -1
     # rank of the target = number of logits strictly larger than the target's logit
     zt = z[np.arange(len(t)), t]  # (n,)
     rank = (z > zt[:, None]).sum(axis=-1)  # (n,)
-    # hit if fewer than k logits beat it (ties with the target count in the target's favour)
-    return float((rank < k).mean())
+    # hit if fewer than k logits beat it (ties with the target count in the target's favour);
+    # a row with a NaN logit predicts nothing (every comparison with NaN is False: no miss)
+    hit = (rank < k) & ~np.isnan(z).any(axis=-1)  # (n,)
+    return float(hit.mean())
 
 
 def next_token_accuracy(logits: Any, targets: Any, ignore_index: int = -100) -> float:

@@ -36,7 +36,9 @@ def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int = 5, igno
     # rank of the target = number of logits strictly larger than the target's logit
     zt = z.gather(1, t[:, None])  # (n, 1)
     rank = (z > zt).sum(dim=-1)  # (n,)
-    return float((rank < k).double().mean())
+    # a row with a NaN logit predicts nothing (every comparison with NaN is False: no miss)
+    hit = (rank < k) & ~z.isnan().any(dim=-1)  # (n,)
+    return float(hit.double().mean())
 
 
 def next_token_accuracy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> float:
