@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--impl", choices=["numpy", "torch"], default="numpy")
     p.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], default="mlm")
@@ -66,8 +66,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = parse(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ns = parse(argv, prog)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ns.blas_threads)
     # imported after the BLAS thread count is set

@@ -153,7 +153,7 @@ MUTANTS: dict[str, dict[str, tuple[str, str, object]]] = {
     },
     "flash-attention": {
         "acc not rescaled by alpha": ("flash_attention.py", "flash_attention", _edit(
-            "acc = alpha[..., None] * acc + p @ v_tile", "acc = acc + p @ v_tile")),
+            "acc *= alpha[..., None]", "acc *= 1.0")),
         "lse without the running max": ("flash_attention.py", "flash_attention", _edit(
             "m_i + np.log(l_safe)", "np.log(l_safe)")),
     },

@@ -138,15 +138,18 @@ def test_train_step_benchmark_checks_and_runs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     tiny = ["--repeats", "1", "--warmup", "0", "--batch", "2", "--window", "8"]
-    # a target no step can miss: PASS for both models, and --strict is content
-    bench.TARGET_RATIO = float("inf")
+    # targets no step can miss: PASS for both models (and the twin vs the plain-PyTorch
+    # peer GPT), and --strict is content
+    bench.TARGET_RATIO = bench.TARGET_PEER_RATIO = float("inf")
     assert bench.main(tiny + ["--strict"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": ok") == 4 and "MISMATCH" not in out
-    assert out.count("numpy/torch =") == 4
-    final = out.strip().splitlines()[-2:]  # one verdict line per model, last in the output
-    assert [line.split()[0] for line in final] == ["transformer", "lstm"], final
-    assert all(re.search(r"numpy/torch\[(sdpa|loop)\] = +\d+\.\d\dx +PASS$", line) for line in final), final
+    assert out.count(": ok") == 5 and "MISMATCH" not in out  # sdpa, naive, peer; loop, fused
+    assert out.count("numpy/torch =") == 5
+    final = out.strip().splitlines()[-3:]  # the verdict lines, last in the output
+    assert [line.split()[0] for line in final] == ["transformer", "transformer", "lstm"], final
+    assert re.search(r"numpy/torch\[sdpa\] = +\d+\.\d\dx +PASS$", final[0]), final
+    assert re.search(r"torch\[sdpa\]/torch\[peer\] = +\d+\.\d\dx +PASS ", final[1]), final
+    assert re.search(r"numpy/torch\[loop\] = +\d+\.\d\dx +PASS$", final[2]), final
     # a target every step misses: MISS for both; only --strict turns that into exit status 1
     bench.TARGET_RATIO = 0.0
     assert bench.main(tiny + ["--models", "lstm"]) == 0
