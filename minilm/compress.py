@@ -50,9 +50,10 @@ from minilm import compressed
 from minilm.compressed import FORMAT, decode, load_compressed, save_compressed
 from minilm.numpy import prune as npr
 from minilm.numpy import quantize as nq
+from minilm.numpy.metrics import next_token_accuracy
 
 __all__ = ["Variant", "sweep", "variant_from_options", "compress_state", "encode", "decode",
-           "save_compressed", "load_compressed", "next_token_accuracy", "evaluate", "measure",
+           "save_compressed", "load_compressed", "evaluate", "measure",
            "format_table", "plot_rows", "FORMAT"]
 
 STRUCTURED = ("heads", "neurons")
@@ -187,22 +188,6 @@ def encode(state: Mapping[str, np.ndarray], variant: Variant,
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-
-def next_token_accuracy(logits: Any, targets: Any, ignore_index: int = -100) -> float:
-    """Mean over the counted positions of [argmax_v logits[..., v] == target]: logits (..., V),
-    targets (...). Positions whose target is ``ignore_index`` are not counted; none -> nan.
-
-    >>> next_token_accuracy(np.array([[[0.1, 2.0], [3.0, 0.0]]]), np.array([[1, 1]]))
-    0.5
-    """
-    logits, targets = nq.to_numpy(logits), nq.to_numpy(targets)
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {logits.shape} and targets {targets.shape} do not fit (..., V) / (...)")
-    counted = targets != ignore_index
-    hits = (logits.argmax(axis=-1) == targets) & counted
-    n = int(counted.sum())
-    return float(hits.sum() / n) if n else math.nan
 
 
 def evaluate(logits_fn: Callable[[np.ndarray], Any], val: np.ndarray, batch_size: int,

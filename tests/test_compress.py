@@ -69,16 +69,6 @@ def test_int4_odd_kept_count_round_trip():
     np.testing.assert_array_equal(back["m.weight"], nq.dequantize(q, s))
 
 
-def test_next_token_accuracy():
-    """Known answer: argmaxes (1, 0, 2) against targets (1, 1, 2), the third ignored: 1/2."""
-    logits = np.array([[[0, 5, 1], [4, 0, 0], [0, 0, 9]]], dtype=float)
-    assert mc.next_token_accuracy(logits, np.array([[1, 1, -100]])) == 0.5
-    assert mc.next_token_accuracy(logits, np.array([[1, 0, 2]])) == 1.0
-    assert np.isnan(mc.next_token_accuracy(logits, np.full((1, 3), -100)))
-    with pytest.raises(ValueError, match="do not fit"):
-        mc.next_token_accuracy(logits, np.array([1, 0, 2]))
-
-
 @pytest.mark.parametrize("kw, match", [
     (dict(bits=3), "unknown bit width"),
     (dict(prune=1.0), r"sparsity must be in \[0, 1\)"),
