@@ -53,6 +53,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import safetensors.numpy
 
+from minilm.files import atomic_write, fsync_dir
+
 __all__ = [
     "CheckpointError",
     "Checkpoint",
@@ -82,49 +84,6 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(f)`` on a temporary binary file next to ``path``, then move it into place.
-
-    temp file in the same folder -> flush -> fsync -> os.replace(temp, path) -> fsync(folder).
-    ``os.replace`` is atomic on POSIX and Windows, so readers see the old file or the new
-    one, never half of one. If ``write`` raises, the temporary file is removed and the old
-    ``path`` is untouched. The file gets mode 0666 minus the umask, like any ``open(path,
-    "w")`` (``tempfile.mkstemp`` would make it 0600: unreadable to the classmates a run is
-    shared with).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (POSIX; a no-op elsewhere)."""
-    if hasattr(os, "O_DIRECTORY"):
-        try:
-            dfd = os.open(folder, os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -256,7 +215,7 @@ def save_checkpoint(folder: str | os.PathLike, meta: dict[str, Any], weights: di
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     shutil.rmtree(old, ignore_errors=True)
     return folder
 

@@ -538,7 +538,7 @@ def write_run_files(run: RunFolder, config: dict[str, Any], tokenizer: Any, resu
         run.truncate_log(resume_step)
     write_json(run.config, config)
     if tokenizer is not None:
-        write_json(run.tokenizer, tokenizer.to_dict())
+        tokenizer.save(run.tokenizer)
 
 
 def describe_run(args: TrainArgs, n_params: int, start: int, n_val: int) -> str:

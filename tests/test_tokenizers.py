@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 import re
 
 import numpy as np
@@ -736,3 +737,16 @@ def test_from_gpt2_bad_files_raise_value_error_naming_the_file(tmp_path, gpt2_fi
     tok.vocab[259] = b"abc"
     with pytest.raises(ValueError, match="two ids for one token"):
         tok.save_gpt2(tmp_path / "dup")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_save_honours_the_umask(tmp_path, umask):
+    """Tokenizer.save makes its file 0666 minus the umask, as open() does (a temporary file from
+    tempfile.mkstemp would be 0600 whatever the umask), and leaves no temporary file behind."""
+    old = os.umask(umask)
+    try:
+        CharTokenizer.train("hello").save(tmp_path / "tok.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "tok.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]

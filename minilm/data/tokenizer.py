@@ -53,9 +53,10 @@ import json
 import operator
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from minilm.files import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -322,19 +323,8 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as readable JSON (UTF-8, one list entry per line), atomically."""
-        path = Path(path)
-        text = _dumps_readable(self.to_dict())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        data = _dumps_readable(self.to_dict()).encode("utf-8")
+        atomic_write(path, lambda f: f.write(data))  # mode from the umask, like open()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "tokenizer dict") -> "Tokenizer":
