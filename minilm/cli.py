@@ -1,4 +1,7 @@
-"""The ``minilm`` command: ``train``, ``generate``, ``eval`` and ``bench``.
+"""The ``minilm`` command: ``train``, ``generate``, ``eval`` and ``bench`` here; ``pretrain``
+and ``finetune`` (``minilm.encoder_cli``), ``compress`` (``minilm.compress_command``),
+``assignment`` (``minilm.classroom.command``) and ``tutorials`` (``minilm.tutorials``) in
+modules of their own, listed in ``COMMAND_MODULES``.
 
 ``minilm`` and ``python -m minilm`` are the same program; with no arguments it prints its help.
 ``minilm train`` with no arguments is the main job: the ``shakespeare-char`` preset, a small
