@@ -1,28 +1,41 @@
-"""Checkpoints and run folders: written atomically, read back without unpickling anything.
+"""Checkpoints and run folders: file input/output only (no model, no training loop).
 
-A checkpoint is ONE file holding a tree of state (model weights, optimiser state, RNG states,
-the LSTM's carried state, ...) split into
+A checkpoint is a folder of three files, replaced as a whole at every save::
 
-- its arrays, stored by their path in the tree (``model/tok_emb.weight``,
-  ``optim/state/0/exp_avg``, ...), and
-- everything else (config, training args, step, tokenizer JSON, NumPy bit-generator state,
-  numbers and strings in the optimiser state), stored as one JSON document whose leaves that
-  were arrays say ``{"__array__": "<path>"}``.
+    runs/<name>/checkpoint/
+        model.safetensors    the weights, under their ``state_dict()`` names
+        state.safetensors    every other array of the run's state (optimiser moments, the LSTM's
+                             carried state, torch's RNG states, ...), under its path in the tree
+        meta.json            everything else: framework, config, args, tokenizer, step, NumPy
+                             bit-generator state, the numbers and strings of the optimiser
+                             state, and the tree's skeleton, whose array leaves read
+                             ``{"__array__": "<path>"}``
 
-The NumPy loop writes ``checkpoint.npz`` (``np.savez``; the JSON is a ``uint8`` array named
-``__meta__``; read with ``allow_pickle=False``). The PyTorch loop writes ``checkpoint.pt``
-(``torch.save`` of ``{"__meta__": uint8 tensor, "arrays": {path: tensor}}``; read with
-``torch.load(weights_only=True)``). Neither reader will unpickle an arbitrary object, so a
-checkpoint from a stranger cannot run code.
+``safetensors`` stores bare arrays and a JSON header, so reading a checkpoint never unpickles
+anything: a checkpoint from a stranger cannot run code. ``safetensors.numpy`` and
+``safetensors.torch`` read the same file, so ``model.safetensors`` loads into the NumPy twin
+and the PyTorch twin alike (``load_state_dict`` takes either kind of array), and the Hugging
+Face tools open it. minilm reads and writes it through ``safetensors.numpy``: tensors are
+copied to NumPy on the way out, so this module never needs torch.
 
-Writes are atomic: the file is written to a temporary name in the same folder, flushed and
-fsynced, then ``os.replace``-d over the old one; a crash mid-write leaves the old checkpoint
-as it was. Every problem reading one (missing, truncated, not a checkpoint, a pickled object,
-a model that does not match) is a ``CheckpointError`` (a ``ValueError``) naming the file.
+Writes are atomic. The new checkpoint is written to a hidden folder next to the old one
+(each file flushed and fsynced), then two renames swap it in::
 
-A run folder ``runs/<name>/`` holds ``checkpoint.{npz,pt}``, ``config.json`` (model config +
-training args, for people to read), ``tokenizer.json``, ``log.jsonl`` (one JSON record per
-logged step or evaluation) and ``loss.png`` (when matplotlib is installed).
+    checkpoint/ -> .checkpoint.old/      .checkpoint.new-XXXX/ -> checkpoint/      rm .checkpoint.old/
+
+A crash before the swap leaves the old checkpoint as it was; a crash between the two renames
+leaves ``.checkpoint.old/``, which ``load_checkpoint`` falls back on. Every file and folder is
+created with the mode the user's umask gives (as ``open`` does), never a private 0600.
+
+Checkpoints of minilm's first format (``checkpoint.npz`` / ``checkpoint.pt``) are refused with
+one line saying so. Every problem reading a checkpoint (missing, cut short, not a checkpoint,
+a model that does not match) is a ``CheckpointError`` (a ``ValueError``) naming the path.
+
+A run folder ``runs/<name>/`` holds ``checkpoint/``, ``config.json`` (model config + training
+args, for people to read), ``tokenizer.json``, ``log.jsonl`` (one JSON record per logged step
+or evaluation) and ``loss.png`` (when matplotlib is installed).
+
+Deliberately left out: keeping more than the latest checkpoint, sharded weight files.
 """
 
 from __future__ import annotations
@@ -30,16 +43,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
+import secrets
+import shutil
 import sys
-import tempfile
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import safetensors.numpy
 
 __all__ = [
     "CheckpointError",
@@ -49,18 +61,19 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",
+    "load_weights",
     "atomic_write",
     "write_json",
     "RunFolder",
     "plot_losses",
     "plotting_problem",
-    "load_run",
 ]
 
 FORMAT = "minilm-checkpoint"
-VERSION = 1
-CHECKPOINT_NAMES = {"numpy": "checkpoint.npz", "torch": "checkpoint.pt"}
-_META_KEY = "__meta__"
+VERSION = 2
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.safetensors", "meta.json"
+OLD_FORMAT_FILES = ("checkpoint.npz", "checkpoint.pt")  # version 1, before safetensors
 
 
 class CheckpointError(ValueError):
@@ -77,11 +90,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
     temp file in the same folder -> flush -> fsync -> os.replace(temp, path) -> fsync(folder).
     ``os.replace`` is atomic on POSIX and Windows, so readers see the old file or the new
     one, never half of one. If ``write`` raises, the temporary file is removed and the old
-    ``path`` is untouched.
+    ``path`` is untouched. The file gets mode 0666 minus the umask, like any ``open(path,
+    "w")`` (``tempfile.mkstemp`` would make it 0600: unreadable to the classmates a run is
+    shared with).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -94,16 +110,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
         except FileNotFoundError:
             pass
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (POSIX; a no-op elsewhere)."""
+    if hasattr(os, "O_DIRECTORY"):
         try:
-            dfd = os.open(path.parent, os.O_DIRECTORY)
+            dfd = os.open(folder, os.O_DIRECTORY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
         except OSError:
             pass
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -116,21 +137,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 # State trees <-> (JSON skeleton, flat dict of arrays)
 
 
-def _is_torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+def _as_numpy(x: Any) -> np.ndarray | None:
+    """``x`` as a C-contiguous NumPy array if it is an array or a torch tensor, else None."""
+    if isinstance(x, np.ndarray):
+        return np.array(x, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch is not None and isinstance(x, torch.Tensor):
+        return np.array(x.detach().cpu().numpy(), order="C")
+    return None
 
 
-def _split(obj: Any, path: str, arrays: dict[str, Any]) -> Any:
+def _split(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     """JSON skeleton of ``obj``; its arrays/tensors go into ``arrays`` under their path.
 
     dicts with str keys stay dicts; dicts with other keys (torch optimiser state is keyed by
     int) become ``{"__items__": [[key, value], ...]}``; tuples become ``{"__tuple__": [...]}``.
     """
-    if isinstance(obj, np.ndarray) or _is_torch_tensor(obj):
+    a = _as_numpy(obj)
+    if a is not None:
         if path in arrays:
             raise ValueError(f"checkpoint: two arrays would be stored under {path!r}")
-        arrays[path] = obj
+        arrays[path] = a
         return {"__array__": path}
     if isinstance(obj, np.generic):
         return obj.item()
@@ -151,13 +178,13 @@ def _sub(path: str, key: Any) -> str:
     return f"{path}/{key}" if path else str(key)
 
 
-def _join(obj: Any, arrays: dict[str, Any]) -> Any:
+def _join(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     """Inverse of ``_split``."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
             return arrays[obj["__array__"]]
         if set(obj) == {"__items__"}:
-            return {_key(k): _join(v, arrays) for k, v in obj["__items__"]}
+            return {k: _join(v, arrays) for k, v in obj["__items__"]}  # JSON keeps ints ints here
         if set(obj) == {"__tuple__"}:
             return tuple(_join(v, arrays) for v in obj["__tuple__"])
         return {k: _join(v, arrays) for k, v in obj.items()}
@@ -166,147 +193,144 @@ def _join(obj: Any, arrays: dict[str, Any]) -> Any:
     return obj
 
 
-def _key(k: Any) -> Any:
-    return k  # ints stay ints (JSON keeps list items' types)
-
-
 # ---------------------------------------------------------------------------------------------
-# The checkpoint file
+# The checkpoint folder
 
 
 @dataclass
 class Checkpoint:
     """What ``load_checkpoint`` returns.
 
-    ``meta`` holds the JSON part (``framework``, ``model``, ``config``, ``args``, ``step``,
-    ``tokenizer``, ...); ``state`` the tree with its arrays put back (NumPy arrays from an
-    ``.npz``, CPU tensors from a ``.pt``), e.g. ``state["model"]`` is a state dict.
+    ``meta`` holds ``meta.json`` (``framework``, ``model``, ``config``, ``args``, ``step``,
+    ``tokenizer``, ... whatever the writer put there); ``weights`` the arrays of
+    ``model.safetensors`` by name; ``state`` the rest of the saved tree with its arrays put
+    back. Every array is a NumPy array.
     """
 
-    path: Path
+    path: Path  # the checkpoint folder
     meta: dict[str, Any]
+    weights: dict[str, np.ndarray]
     state: dict[str, Any]
 
     @property
     def framework(self) -> str:
-        return self.meta["framework"]
+        return self.meta.get("framework", "?")
 
     @property
     def step(self) -> int:
         return int(self.meta["step"])
 
-    @property
-    def model_state(self) -> dict[str, Any]:
-        return self.state["model"]
 
-
-def save_checkpoint(path: str | os.PathLike, meta: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write ``meta`` (JSON-able) and ``state`` (a tree of arrays/tensors and plain values).
-
-    The format follows the suffix: ``.npz`` (NumPy arrays; tensors are converted) or ``.pt``
-    (torch tensors; NumPy arrays are converted). Atomic (see ``atomic_write``).
+def save_checkpoint(folder: str | os.PathLike, meta: dict[str, Any], weights: dict[str, Any],
+                    state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder: ``weights`` (name -> array or tensor), ``state`` (a tree of
+    dicts, lists, tuples, arrays/tensors and plain values) and ``meta`` (JSON-able). Atomic:
+    the old checkpoint is replaced only once the new one is complete on disk (module docstring).
     """
-    path = Path(path)
-    arrays: dict[str, Any] = {}
-    skeleton = _split(state, "", arrays)
+    folder = Path(folder)
+    tensors = {}
+    for k, v in weights.items():
+        a = _as_numpy(v)
+        if a is None:
+            raise TypeError(f"checkpoint: weight {k!r} is a {type(v).__name__}, not an array")
+        tensors[k] = a
+    arrays: dict[str, np.ndarray] = {}
+    skeleton = _split(state or {}, "", arrays)
     full_meta = {"format": FORMAT, "version": VERSION, **meta, "state": skeleton}
-    meta_bytes = np.frombuffer(json.dumps(full_meta).encode(), dtype=np.uint8)
-    if path.suffix == ".npz":
-        np_arrays = {}
-        for k, v in arrays.items():
-            if _is_torch_tensor(v):
-                v = v.detach().cpu().numpy()
-            np_arrays[k] = np.array(v, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-        return atomic_write(path, lambda f: np.savez(f, **{_META_KEY: meta_bytes}, **np_arrays))
-    if path.suffix == ".pt":
-        import torch
-
-        tensors = {}
-        for k, v in arrays.items():
-            t = torch.from_numpy(np.array(v, order="C")) if isinstance(v, np.ndarray) else v
-            tensors[k] = t.detach().cpu().contiguous().clone()
-        payload = {_META_KEY: torch.from_numpy(meta_bytes.copy()), "arrays": tensors}
-        return atomic_write(path, lambda f: torch.save(payload, f))
-    raise ValueError(f"checkpoint path must end in .npz or .pt, got {str(path)!r}")
+    header = {"format": FORMAT, "step": str(meta.get("step", ""))}  # safetensors' str -> str metadata
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    new = parent / f".{folder.name}.new-{secrets.token_hex(4)}"
+    old = parent / f".{folder.name}.old"
+    new.mkdir()
+    try:
+        for name, data in ((WEIGHTS_FILE, safetensors.numpy.save(tensors, metadata=header)),
+                           (STATE_FILE, safetensors.numpy.save(arrays, metadata=header)),
+                           (META_FILE, (json.dumps(full_meta, indent=1) + "\n").encode())):
+            atomic_write(new / name, lambda f, data=data: f.write(data))
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(new, folder)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint file for ``path``: the file itself, or the one in a run folder."""
+    """The checkpoint folder for ``path``: a run folder, the checkpoint folder, or a file in it."""
     p = Path(path)
-    if p.is_dir():
-        found = [p / name for name in CHECKPOINT_NAMES.values() if (p / name).is_file()]
-        if not found:
-            raise CheckpointError(
-                f"{p}: no checkpoint in this folder (expected checkpoint.pt or checkpoint.npz)")
-        return max(found, key=lambda q: q.stat().st_mtime)  # the newer if both
-    if not p.exists():
+    if p.is_file() or p.suffix in (".npz", ".pt", ".safetensors", ".json"):
+        if p.suffix in (".npz", ".pt"):
+            _refuse_old_format(p)
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint file or run folder")
+        p = p.parent
+    if not p.is_dir():
         raise CheckpointError(f"{p}: no such checkpoint file or run folder")
-    return p
+    if (p / META_FILE).is_file():
+        return p
+    for candidate in (p / CHECKPOINT_DIR, p / f".{CHECKPOINT_DIR}.old"):  # .old: a crash mid-swap
+        if (candidate / META_FILE).is_file():
+            return candidate
+    for name in OLD_FORMAT_FILES:
+        if (p / name).is_file():
+            _refuse_old_format(p / name)
+    raise CheckpointError(f"{p}: no checkpoint in this folder (expected {CHECKPOINT_DIR}/{META_FILE})")
 
 
-def _holds_objects(what: str) -> str:
-    return (f"not a minilm checkpoint (it holds objects other than {what} and plain data, which "
-            f"minilm never unpickles)")
-
-
-def _torch_load(p: Path) -> Any:
-    """``torch.load(p, weights_only=True)``, its failures turned into our own short reasons.
-
-    torch's own message for a refused object suggests retrying with ``weights_only=False``,
-    the very protection minilm relies on, so it is never passed on.
-    """
-    try:
-        import torch
-    except ImportError as e:
-        raise CheckpointError(f"{p}: a PyTorch checkpoint needs torch installed") from e
-    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive (minilm never the legacy format)
-        raise CheckpointError(f"{p}: not a torch checkpoint file (or one cut short)")
-    try:
-        with warnings.catch_warnings():  # torch notes pickle protocols it did not expect
-            warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():  # an object the safe unpickler refused
-            raise CheckpointError(f"{p}: {_holds_objects('tensors')}") from None
-        raise CheckpointError(f"{p}: not a readable torch checkpoint file (corrupt)") from None
-    except Exception:  # zip members missing or damaged, EOF, ...
-        raise CheckpointError(f"{p}: not a readable torch checkpoint file (corrupt)") from None
+def _refuse_old_format(p: Path) -> None:
+    raise CheckpointError(
+        f"{p}: a checkpoint in minilm's first format ({p.suffix}), which this version no longer "
+        f"reads; it reads safetensors checkpoints ({CHECKPOINT_DIR}/): train the run again")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file (or the one in a run folder) without unpickling anything."""
-    p = find_checkpoint(path)
+    """Read a checkpoint (a run folder, its checkpoint folder or a file in it); unpickles nothing."""
+    folder = find_checkpoint(path)
+    meta_path = folder / META_FILE
     try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                raw = {k: z[k] for k in z.files}
-            meta_bytes = raw.pop(_META_KEY)
-            arrays = raw
-        elif p.suffix == ".pt":
-            payload = _torch_load(p)
-            if not isinstance(payload, dict) or _META_KEY not in payload:
-                raise ValueError("no __meta__ entry")
-            meta_bytes = payload[_META_KEY].numpy()
-            arrays = payload["arrays"]
-        else:
-            raise CheckpointError(f"{p}: a checkpoint file ends in .npz or .pt")
-        meta = json.loads(bytes(np.asarray(meta_bytes, dtype=np.uint8)).decode())
-    except CheckpointError:
-        raise
-    except Exception as e:  # zipfile/json/EOF errors: all mean "not a good checkpoint"
-        if "allow_pickle" in str(e):  # np.load met an object array (stored with pickle)
-            raise CheckpointError(f"{p}: {_holds_objects('arrays')}") from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{p}: not a readable minilm checkpoint: {reason}") from None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not a readable checkpoint file ({_first_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not a minilm checkpoint (format {meta.get('format')!r})")
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{meta_path}: not a minilm checkpoint (format {got!r})")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{p}: checkpoint version {meta.get('version')} is not {VERSION}")
+        raise CheckpointError(f"{meta_path}: checkpoint version {meta.get('version')} is not {VERSION}")
+    weights = _read_safetensors(folder / WEIGHTS_FILE)
+    arrays = _read_safetensors(folder / STATE_FILE)
     try:
-        state = _join(meta.pop("state"), arrays)
+        state = _join(meta.pop("state", {}), arrays)
     except KeyError as e:
-        raise CheckpointError(f"{p}: checkpoint is missing array {e}") from None
-    return Checkpoint(path=p, meta=meta, state=state)
+        raise CheckpointError(f"{folder / STATE_FILE}: is missing array {e}") from None
+    return Checkpoint(path=folder, meta=meta, weights=weights, state=state)
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The weights alone, name -> NumPy array: for ``model.load_state_dict`` of either twin."""
+    p = Path(path)
+    return _read_safetensors(p if p.suffix == ".safetensors" else find_checkpoint(p) / WEIGHTS_FILE)
+
+
+def _read_safetensors(p: Path) -> dict[str, np.ndarray]:
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot be read ({_first_line(e)})") from None
+    try:
+        return safetensors.numpy.load(data)
+    except Exception as e:  # SafetensorError: a cut-short or foreign file
+        raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,13 +338,20 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 class RunFolder:
-    """``runs/<name>/``: where one training run leaves its files (only rank 0 writes)."""
+    """``runs/<name>/``: where one training run leaves its files (only rank 0 writes).
+
+    Nothing here knows what was trained: any loop (a language model, an encoder, a
+    classifier) keeps its checkpoint, log and plot in one.
+    """
+
+    FILES = ("config.json", "tokenizer.json", "log.jsonl", "loss.png")
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
-    def checkpoint(self, framework: str) -> Path:
-        return self.root / CHECKPOINT_NAMES[framework]
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_DIR
 
     @property
     def config(self) -> Path:
@@ -338,8 +369,21 @@ class RunFolder:
     def loss_plot(self) -> Path:
         return self.root / "loss.png"
 
+    def holds_run(self) -> bool:
+        """True when a run has left anything here (a checkpoint, old or new, or its files)."""
+        names = (CHECKPOINT_DIR, *OLD_FORMAT_FILES, "config.json", "log.jsonl")
+        return any((self.root / n).exists() for n in names)
+
     def make(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Remove the files a run leaves here (``--overwrite``); anything else stays."""
+        for name in (*self.FILES, *OLD_FORMAT_FILES):
+            (self.root / name).unlink(missing_ok=True)
+        for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old"):
+            if (self.root / name).is_dir():
+                shutil.rmtree(self.root / name)
 
     def append_log(self, records: Iterable[dict[str, Any]]) -> None:
         with open(self.log, "a") as f:
@@ -418,78 +462,3 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     fig.savefig(buf, format="png")
     data = buf.getvalue()
     return atomic_write(path, lambda f: f.write(data))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a trained model back
-
-
-def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cpu",
-             attention: str | None = None):
-    """``(model, tokenizer, ckpt)`` from a checkpoint file or run folder, ready to evaluate.
-
-    ``impl`` ("numpy" or "torch") defaults to the framework that wrote the checkpoint; the
-    weights load into either twin (their state dicts have the same keys). ``attention`` picks
-    the torch Transformer's attention ("naive", "sdpa" (the default), "triton"). ``device``
-    ("cpu", "auto", "cuda", "cuda:1", ...) is checked before anything is built: a device torch
-    cannot use is a ValueError saying so; the NumPy twin runs on the CPU only. The torch
-    model's device is ``next(model.parameters()).device``.
-    """
-    from minilm.config import LSTMConfig, TransformerConfig
-    from minilm.numpy.train import tokenizer_from_meta
-
-    ckpt = load_checkpoint(path)
-    impl = impl or ckpt.framework
-    if impl not in ("numpy", "torch"):
-        raise ValueError(f"impl must be 'numpy' or 'torch', got {impl!r}")
-    if impl == "numpy" and device not in ("cpu", "auto"):
-        raise ValueError(f"device {device!r}: the NumPy twin runs on the CPU only (the torch "
-                         f"twin, --impl torch, runs on other devices)")
-    if impl == "torch":
-        try:
-            from minilm.torch.train import resolve_device
-        except ImportError:
-            raise ImportError("loading into the torch twin needs PyTorch: pip install "
-                              "'minilm[torch]', or use the NumPy twin") from None
-        device = resolve_device(device)
-    meta = ckpt.meta
-    try:
-        kind = meta["model"]
-        config = (TransformerConfig if kind == "transformer" else LSTMConfig).from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path}: its model config is unreadable ({e})") from None
-    tokenizer = tokenizer_from_meta(meta, ckpt.path)
-    weights = ckpt.state["model"]
-    first = next(iter(weights.values()))
-    dtype_name = str(first.dtype).replace("torch.", "")
-    try:
-        if impl == "numpy":
-            if kind == "transformer":
-                from minilm.numpy.transformer import TransformerLM as Model
-            else:
-                from minilm.numpy.lstm import LSTMLM as Model
-            dtype = np.float64 if dtype_name == "float64" else np.float32
-            model = Model(config, seed=0, dtype=dtype)
-            model.load_state_dict({k: (v.detach().cpu().numpy() if _is_torch_tensor(v) else v)
-                                   for k, v in weights.items()})
-        else:
-            import torch
-
-            if kind == "transformer":
-                from minilm.torch.transformer import TransformerLM
-
-                # the weights do not depend on the attention backend: sdpa unless asked
-                model = TransformerLM(config, seed=0, attention=attention or "sdpa")
-            else:
-                from minilm.torch.lstm import LSTMLM
-
-                model = LSTMLM(config, seed=0, fused=True)
-            if dtype_name == "float64":
-                model = model.to(torch.float64)
-            model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
-            model = model.to(device).eval()
-    except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({e})") from None
-    except ValueError as e:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the model ({e})") from None
-    return model, tokenizer, ckpt

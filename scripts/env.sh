@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Creates minilm's virtual environment and installs minilm into it, editable, with extras.
+# Creates minilm's virtual environment and installs minilm into it, editable, with ALL its
+# extras (torch, triton, tensorboard, tutorials, dev): one environment that scripts/run.sh and
+# scripts/test.sh share, so alternating them never reinstalls anything.
 #
-#   source scripts/env.sh EXTRAS      (EXTRAS like "torch,triton,dev")
+#   source scripts/env.sh
 #
 # The environment is $MINILM_VENV (default: .venv at the repo root). It is made once and
-# reinstalled only when pyproject.toml or the extras change. On a machine without an NVIDIA
+# reinstalled only when pyproject.toml changes ($MINILM_EXTRAS narrows the extras, say
+# "torch,dev" on a machine without Triton). On a machine without an NVIDIA
 # GPU, torch comes from the CPU builds (the wheel on disk, or PyTorch's CPU index), never the
 # multi-GB CUDA build that a plain `pip install torch` pulls on Linux.
 set -euo pipefail
-extras=${1:-torch,triton}
+extras=${MINILM_EXTRAS:-all}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MINILM_VENV:-$root/.venv}
 py=${PYTHON:-python3}
@@ -33,7 +36,7 @@ quiet_pip() {  # pip, its output kept in $log and shown only when it fails
 }
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  if [[ ",$extras," == *",torch,"* || ",$extras," == *",triton,"* ]] \
+  if [[ ",$extras," == *",all,"* || ",$extras," == *",torch,"* || ",$extras," == *",triton,"* ]] \
       && ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       echo "minilm: installing torch $torch_version (CUDA build: a GPU is present)" >&2
@@ -46,7 +49,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         --extra-index-url https://download.pytorch.org/whl/cpu
     fi
   fi
-  echo "minilm: installing minilm[$extras] into $venv" >&2
+  # the build tools pyproject.toml names (a venv's own setuptools can be older), so that
+  # building minilm's wheel works here too (tests/test_package.py builds one, offline)
+  quiet_pip install "setuptools>=68" wheel
+  echo "minilm: installing minilm[$extras] into $venv (once)" >&2
   quiet_pip install -e "$root[$extras]"
   echo "$want" > "$stamp"
 fi

@@ -3,6 +3,6 @@
 # (arguments are passed on, e.g. `bash scripts/run.sh --help`).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$root/scripts/env.sh" torch,triton
+source "$root/scripts/env.sh"
 cd "$root"
 exec minilm train "$@"

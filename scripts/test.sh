@@ -3,7 +3,7 @@
 # (arguments are passed on, e.g. `bash scripts/test.sh tests/test_attention.py -x`).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$root/scripts/env.sh" torch,triton,tutorials,dev || exit 1
+source "$root/scripts/env.sh" || exit 1
 set +e  # env.sh sets -e; pytest's exit code is handled below
 cd "$root"
 # The Triton kernels run under the interpreter on a machine without a CUDA GPU.

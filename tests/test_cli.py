@@ -39,6 +39,13 @@ def assert_user_error(p: subprocess.CompletedProcess, code: int, *words: str) ->
         assert w in lines[0], (w, lines[0])
 
 
+def test_bare_minilm_prints_the_help_and_trains_nothing(tmp_path):
+    p = minilm(cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: minilm") and "train" in p.stdout and p.stderr == ""
+    assert list(tmp_path.iterdir()) == []  # no runs/ folder: nothing ran
+
+
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["eval"], ["bench"]])
 def test_help_exits_0(command):
     p = minilm(*command, "--help")
@@ -60,7 +67,9 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_the_run_folder(run_dir):
     names = {p.name for p in run_dir.iterdir()}
-    assert {"checkpoint.npz", "config.json", "tokenizer.json", "log.jsonl", "loss.png"} <= names
+    assert {"checkpoint", "config.json", "tokenizer.json", "log.jsonl", "loss.png"} <= names
+    assert {p.name for p in (run_dir / "checkpoint").iterdir()} == {
+        "model.safetensors", "state.safetensors", "meta.json"}
 
 
 def test_generate_same_text_from_either_twin(run_dir):
@@ -79,8 +88,75 @@ def test_generate_same_text_from_either_twin(run_dir):
 def test_eval_prints_loss_perplexity_bits_per_char(run_dir):
     p = minilm("eval", "--checkpoint", str(run_dir), "--eval-iters", "3")
     assert p.returncode == 0, p.stderr
-    for word in ("val loss", "perplexity", "bits per char"):
+    for word in ("val loss", "perplexity", "bits per char", "over 3 random batches of 8x16"):
         assert word in p.stdout
+
+
+def test_eval_defaults_to_the_whole_split_the_same_in_either_twin(run_dir):
+    """The default is exact: every validation target once, in order, so it says how many, and
+    the NumPy and PyTorch twins (and a second call) print the same loss."""
+    import re
+
+    from minilm.runs import load_run
+    from minilm.training import prepare_data
+    from minilm.presets import TrainArgs
+
+    a = minilm("eval", "--checkpoint", str(run_dir))
+    b = minilm("eval", "--checkpoint", str(run_dir), "--impl", "torch")
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    _, tok, ckpt = load_run(run_dir)
+    n_val = len(prepare_data(TrainArgs.from_dict(ckpt.meta["args"]), tok).val)
+    line = next(x for x in a.stdout.splitlines() if x.startswith("val loss"))
+    assert line.endswith(f"over {n_val - 1:,} tokens (whole split)"), line
+    loss = lambda out: float(re.search(r"val loss: ([0-9.]+)", out).group(1))  # noqa: E731
+    assert loss(a.stdout) == pytest.approx(loss(b.stdout), abs=2e-4)
+    assert minilm("eval", "--checkpoint", str(run_dir)).stdout == a.stdout
+
+
+def test_train_output_to_a_file_has_plain_progress_lines(tmp_path):
+    """Not a terminal (a log file, CI): no bar, but a start line saying what runs (steps,
+    model size, how validation is measured), one speed / time-left line, one line per
+    evaluation, and the closing summary saying what the validation loss averaged over."""
+    out = tmp_path / "run"
+    p = minilm("train", "--preset", "tiny", "--steps", "40", "--eval-interval", "20",
+               "--sample-tokens", "0", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert any("0.03M parameters: 40 steps of 8x16 tokens; validation every 20 steps, over 2 "
+               "random batches of 8x16" in x for x in lines), p.stdout
+    speed = [x for x in lines if "steps/s" in x]
+    assert len(speed) == 1 and speed[0].startswith("step 20/40") and "to go" in speed[0], lines
+    evals = [x for x in lines if x.startswith("step ") and "val loss" in x]
+    assert [x.split(" |")[0] for x in evals] == ["step 20/40", "step 40/40"]
+    assert "left" in evals[0]
+    assert any(x.startswith("validation: loss") and "over 2 random batches of 8x16" in x for x in lines)
+    assert "\r" not in p.stdout + p.stderr  # no progress bar redraws
+
+
+def test_an_existing_run_is_refused_with_one_line_naming_resume_and_overwrite(run_dir, tmp_path):
+    before = (run_dir / "checkpoint" / "model.safetensors").read_bytes()
+    p = minilm("train", "--preset", "tiny", "--steps", "2", "--out", str(run_dir))
+    assert_user_error(p, 1, "already holds a run", "--resume", "--overwrite")
+    assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert_user_error(minilm("train", "--resume", "--overwrite", "--out", str(run_dir)), 2,
+                      "--resume", "--overwrite")
+    out = tmp_path / "copy"
+    assert minilm("train", "--preset", "tiny", "--steps", "2", "--sample-tokens", "0",
+                  "--out", str(out)).returncode == 0
+    q = minilm("train", "--preset", "tiny", "--steps", "3", "--eval-interval", "3", "--sample-tokens",
+               "0", "--out", str(out), "--overwrite")
+    assert q.returncode == 0, q.stderr
+    from minilm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out).step == 3
+
+
+@pytest.mark.parametrize("flag", [["--device", "cuda"], ["--device", "cpu"], ["--amp", "bf16"],
+                                  ["--threads", "2"], ["--attention", "naive"], ["--dropout", "0.1"]])
+def test_torch_only_options_with_impl_numpy_are_an_error(tmp_path, flag):
+    p = minilm("train", "--preset", "tiny", "--impl", "numpy", *flag, "--out", str(tmp_path / "r"))
+    assert_user_error(p, 2, flag[0], "--impl torch only")
+    assert not (tmp_path / "r").exists()
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
@@ -94,7 +170,13 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
     assert_user_error(minilm("eval", "--checkpoint", str(tmp_path / "missing")), 1, "missing")
     bad = tmp_path / "checkpoint.npz"
     bad.write_bytes(b"not a zip file")
-    assert_user_error(minilm("generate", "--checkpoint", str(bad)), 1, "checkpoint.npz")
+    assert_user_error(minilm("generate", "--checkpoint", str(bad)), 1, "checkpoint.npz", "first format")
+    broken = tmp_path / "broken" / "checkpoint"
+    broken.mkdir(parents=True)
+    for f in (run_dir / "checkpoint").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"cut")
+    assert_user_error(minilm("generate", "--checkpoint", str(broken.parent)), 1, "model.safetensors")
     assert_user_error(minilm("generate", "--checkpoint", str(run_dir), "--top-p", "2"), 2, "--top-p")
     assert_user_error(minilm("train", "--resume", "--out", str(tmp_path / "empty")), 1, "empty")
     other = tmp_path / "other.txt"
@@ -103,7 +185,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, run_dir):
                       "other.txt", "U+1F600")
     evil = tmp_path / "bad.pt"
     evil.write_bytes(pickle.dumps({"not": "a checkpoint"}))
-    assert_user_error(minilm("eval", "--checkpoint", str(evil)), 1, "bad.pt", "not a torch checkpoint")
+    assert_user_error(minilm("eval", "--checkpoint", str(evil)), 1, "bad.pt", "first format")
 
 
 def test_devices_torch_cannot_use_are_one_line_errors(run_dir, tmp_path):
@@ -134,7 +216,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         deadline = time.time() + 90
-        while not (out / "checkpoint.npz").exists():  # training is under way
+        while not (out / "checkpoint" / "meta.json").exists():  # training is under way
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)

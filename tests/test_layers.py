@@ -322,3 +322,78 @@ def test_to_numpy_widens_half_precision(dtype, np_dtype):
     # widening is exact: the very values of the tensor, bfloat16's rounding of 1e-3 included
     assert torch.equal(torch.from_numpy(a), x.detach().to(torch.from_numpy(a).dtype))
     assert np.array_equal(L.to_numpy([[1, 2]]), np.array([[1, 2]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-LN block, bidirectional attention and the key padding mask (the encoder's layers)
+
+
+@pytest.mark.parametrize("n_kv_head", [2, 1])
+def test_post_ln_block(rng, n_kv_head):
+    cfg = TransformerConfig(vocab_size=5, context_length=8, d_model=8, n_layer=1, n_head=2,
+                            n_kv_head=n_kv_head, d_ff=12, norm="post")
+    module = TL.Block(cfg, attention="naive")
+    p = random_params(module, rng)
+    x = rng.standard_normal((2, 4, 8))
+    compare_with_twin(L.block_forward, L.block_backward, module, p, x, rng, n_head=2,
+                      n_kv_head=n_kv_head, norm="post")
+    # post-LN output is LayerNorm'd: with ln2 weight 1 and bias 0 each row has mean 0, var 1
+    p["ln2.weight"][:] = 1.0
+    p["ln2.bias"][:] = 0.0
+    y, _ = L.block_forward(x, p, 2, n_kv_head, norm="post")
+    assert_close(y.mean(-1), np.zeros((2, 4)), 1e-12, 0, "row mean")
+    assert_close(y.var(-1), np.full((2, 4), 1.0), 1e-4, 0, "row var")  # eps=1e-5 in the LN
+    pre, _ = L.block_forward(x, p, 2, n_kv_head, norm="pre")
+    assert np.abs(pre - y).max() > 0.1, "pre and post must differ"
+
+
+def test_block_bad_norm(rng):
+    cfg = TransformerConfig(vocab_size=5, context_length=8, d_model=8, n_layer=1, n_head=2)
+    p = random_params(TL.Block(cfg), rng)
+    with pytest.raises(ValueError, match="norm"):
+        L.block_forward(rng.standard_normal((1, 2, 8)), p, 2, 2, norm="middle")
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("attention", ["naive", "sdpa", "triton"])
+def test_block_padding_mask(rng, norm, is_causal, attention):
+    """Bidirectional (or causal) attention with a key padding mask, NumPy vs torch float64,
+    every gradient, and finite differences for the NumPy backward (once per norm)."""
+    if attention == "triton":
+        pytest.importorskip("triton")
+    H, Hkv, T, C = 4, 2, 5, 12
+    cfg = TransformerConfig(vocab_size=5, context_length=8, d_model=C, n_layer=1, n_head=H,
+                            n_kv_head=Hkv, d_ff=10, norm=norm)
+    module = TL.Block(cfg, attention=attention, is_causal=is_causal)
+    p = random_params(module, rng)
+    module = load_module(module, p)
+    x = rng.standard_normal((3, T, C))
+    keep = np.ones((3, T), dtype=bool)
+    keep[1, 3:] = False  # two padded positions
+    keep[2, 1:] = False  # only the first token real
+    kw = dict(norm=norm, is_causal=is_causal, key_padding_mask=keep)
+    y, cache = L.block_forward(x, p, H, Hkv, **kw)
+    w = rng.standard_normal(y.shape)
+    dx, grads = L.block_backward(w, cache)
+    xt = t64(x)
+    yt = module(xt, key_padding_mask=torch.as_tensor(keep))
+    (yt * torch.as_tensor(w)).sum().backward()
+    assert_close(y, yt, ATOL, RTOL, "y")
+    assert_close(dx, xt.grad, ATOL, RTOL, "dx")
+    for k, prm in module.named_parameters():
+        assert_close(grads[k], prm.grad, ATOL, RTOL, k)
+    # perturbing the padded inputs changes no real position's output
+    x2 = x.copy()
+    x2[~keep] += rng.standard_normal((int((~keep).sum()), C))
+    y2, _ = L.block_forward(x2, p, H, Hkv, **kw)
+    assert_close(y2[keep], y[keep], 1e-12, 0, "real rows")
+    assert np.abs(y2[~keep] - y[~keep]).max() > 1e-3
+    if not is_causal:
+        # bidirectional: the first position sees the later ones
+        x3 = x.copy()
+        x3[0, -1] += rng.standard_normal(C)  # (a constant shift would vanish in the LayerNorm)
+        assert np.abs(L.block_forward(x3, p, H, Hkv, **kw)[0][0, 0] - y[0, 0]).max() > 1e-6
+    if attention == "naive" and is_causal is False:
+        forward = lambda: L.block_forward(x, p, H, Hkv, **kw)[0]  # noqa: E731
+        fd_check_all(forward, {**p, "x": x}, {**grads, "x": dx}, w)

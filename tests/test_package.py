@@ -252,3 +252,43 @@ def test_kernels_without_triton_name_the_missing_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "minilm[triton]" in out.stdout and "'triton'" in out.stdout, out.stdout
+
+
+# ----------------------------------------------------------------------------- licence, scripts
+
+
+def test_license_file_is_mit_as_pyproject_says():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "the minilm authors" in text
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A stand-in venv python: logs every pip install, says torch imports.
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "pip $*" >> "$PIP_LOG"; fi
+exit 0
+"""
+
+
+def test_run_and_test_scripts_share_one_environment_installed_once(tmp_path):
+    """scripts/run.sh and scripts/test.sh source env.sh the same way, so the second, and any
+    alternation, installs nothing; the one install brings every extra ('all')."""
+    for script in ("run.sh", "test.sh"):
+        lines = [x.strip() for x in (ROOT / "scripts" / script).read_text().splitlines()
+                 if "env.sh" in x and x.strip().startswith("source")]
+        assert lines and all(x.split()[:2] == ["source", '"$root/scripts/env.sh"'] and
+                             x.split()[2:] in ([], ["||", "exit", "1"]) for x in lines), lines
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(FAKE_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {**os.environ, "MINILM_VENV": str(venv), "PIP_LOG": str(log)}
+    env.pop("MINILM_EXTRAS", None)
+    for _ in range(3):  # run.sh, test.sh, run.sh again: what they source
+        subprocess.run(["bash", "-c", f"source {ROOT / 'scripts' / 'env.sh'}"], env=env, check=True,
+                       timeout=60)
+    installs = log.read_text().splitlines()
+    editable = [x for x in installs if " -e " in x]
+    assert len(editable) == 1 and editable[0].endswith(f"{ROOT}[all]"), installs
+    assert (venv / ".minilm-installed").read_text().split()[-1] == "all"

@@ -56,8 +56,7 @@ def test_loop_learns_and_writes_the_run_folder(tmp_path, impl, preset):
     assert sum("sample at step" in p for p in printed) == 2 and len(res.sample) > 10
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
-    assert {"config.json", "tokenizer.json", "log.jsonl", "loss.png",
-            "checkpoint.npz" if impl == "numpy" else "checkpoint.pt"} <= names
+    assert {"config.json", "tokenizer.json", "log.jsonl", "loss.png", "checkpoint"} <= names
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res.loss_plot == run / "loss.png"
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -120,7 +119,7 @@ def test_markov_source_validation_loss_falls_towards_its_entropy_rate(tmp_path, 
       more than noise (0.01) above the one before.
     """
     from minilm.data import MarkovSource, get_batch
-    from minilm.numpy.train import prepare_data
+    from minilm.training import prepare_data
 
     src = MarkovSource(vocab_size=8, order=1, concentration=0.3, seed=0)
     path = tmp_path / "markov.txt"
@@ -157,7 +156,7 @@ def test_markov_source_validation_loss_falls_towards_its_entropy_rate(tmp_path, 
 
 
 def test_stream_batches_are_contiguous_and_reset_at_the_wrap():
-    from minilm.numpy.train import stream_batch
+    from minilm.training import stream_batch
 
     data = np.arange(1000, dtype=np.int64)
     B, T = 4, 10
@@ -177,7 +176,7 @@ def test_stream_batches_are_contiguous_and_reset_at_the_wrap():
 
 
 def test_random_batches_split_across_ranks_like_one_process():
-    from minilm.numpy.train import random_batch
+    from minilm.training import random_batch
 
     data = np.arange(500, dtype=np.int64)
     whole = random_batch(data, 6, 8, np.random.default_rng(3))[0]
@@ -213,7 +212,9 @@ def test_presets_are_valid_and_mirror_nanogpt():
         assert (s.lr, s.min_lr, s.warmup_steps, s.dropout, s.beta1, s.beta2, s.weight_decay,
                 s.grad_clip) == (lr, lr / 10, 100, 0.0, 0.9, 0.99, 0.1, 1.0)
         assert s.corpus == "tinyshakespeare" and s.tokenizer == "char"
-    assert get_preset("default").corpus == "builtin"
+    # the main job is shakespeare-char, also under the name "default"
+    assert get_preset("default") == get_preset("shakespeare-char")
+    assert get_preset("pydoc-char").corpus == "builtin"
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_preset("nope")
     with pytest.raises(ValueError, match="lr"):
@@ -260,7 +261,7 @@ def test_progress_bar_shows_a_bias_corrected_moving_average_of_the_loss():
     """The bar's postfix after losses 4, 2, 3 with beta = 0.9, worked out by hand:
     m_1 = 0.4, m_2 = 0.36 + 0.2 = 0.56, m_3 = 0.504 + 0.3 = 0.804;
     shown m_3 / (1 - 0.9^3) = 0.804 / 0.271 = 2.966789... (the last loss alone would be 3)."""
-    from minilm.numpy.train import Reporter
+    from minilm.training import Reporter
 
     class Bar:  # what Reporter uses of tqdm
         def __init__(self):
@@ -275,7 +276,7 @@ def test_progress_bar_shows_a_bias_corrected_moving_average_of_the_loss():
         def close(self):
             pass
 
-    rep = Reporter(get_preset("tiny"), None, 0, progress=False, active=True, print_fn=lambda s: None)
+    rep = Reporter(30, None, progress=False, active=True, print_fn=lambda s: None)
     assert Reporter.EMA_BETA == 0.9 and math.isnan(rep.running_loss)
     rep.bar = Bar()
     rep.step(1, 4.0, 1e-3)
@@ -284,3 +285,126 @@ def test_progress_bar_shows_a_bias_corrected_moving_average_of_the_loss():
     rep.step(3, 3.0, 1e-3)
     assert rep.running_loss == pytest.approx(0.804 / 0.271, rel=1e-12)
     assert rep.bar.postfix == "loss 2.9668 (ema)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole validation split, exactly
+
+
+def test_split_windows_score_every_target_once_in_order():
+    from minilm.training import IGNORE_INDEX, split_windows
+
+    data = np.arange(1, 1000, dtype=np.int64)  # token i+1 at position i: targets name positions
+    seen = []
+    prev = None
+    for x, y in split_windows(data, 7, 16):  # (7, 16) each
+        valid = y != IGNORE_INDEX
+        np.testing.assert_array_equal(y[valid], x[valid] + 1)  # y is x shifted by one
+        if prev is not None:  # row b continues where it stopped: an LSTM may carry its state
+            cont = valid[:, 0]
+            np.testing.assert_array_equal(x[cont, 0], prev[cont] + 1)
+        prev = x[:, -1]
+        seen.append(y[valid])
+    seen = np.concatenate(seen)
+    np.testing.assert_array_equal(np.sort(seen), data[1:])  # each of the N - 1 targets once
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-lstm"])
+def test_whole_split_loss_is_exact_in_both_twins(preset):
+    """estimate_loss(whole_split=True) against an independent sum: the LSTM run over each of
+    the B chunks in ONE forward call (carrying the state over windows is exact), the
+    Transformer over each T-window of each chunk on its own; mean NLL over the N - 1 targets.
+    The torch twin gives the same number from the same weights (float64)."""
+    from minilm.numpy.train import build_model, estimate_loss
+    from minilm.torch.train import build_model as torch_build_model
+    from minilm.torch.train import estimate_loss as torch_estimate_loss
+    from minilm.training import prepare_data
+
+    args = get_preset(preset, dtype="float64", batch_size=5, context_length=16)
+    data = prepare_data(args)
+    val = data.val[:3001]  # 3000 targets: chunks of 600, windows of 16 (the last one partial)
+    config = args.model_config(data.tokenizer.vocab_size)
+    model = build_model(config, args)
+    got = estimate_loss(model, val, args, whole_split=True)
+
+    def nll(logits, targets):  # (T, V), (T,) -> sum of -log p(target)
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return -logp[np.arange(len(targets)), targets].sum()
+
+    total = 0.0
+    for chunk in np.array_split(np.arange(len(val) - 1), 5):
+        x, y = val[chunk], val[chunk + 1]
+        if args.model == "lstm":
+            total += nll(model.forward(x[None])[0][0], y)
+        else:
+            for s in range(0, len(x), 16):
+                total += nll(model.forward(x[None, s:s + 16])[0], y[s:s + 16])
+    assert got == pytest.approx(total / (len(val) - 1), rel=1e-12)
+    twin = torch_build_model(config, args)
+    assert torch_estimate_loss(twin, val, args, whole_split=True) == pytest.approx(got, rel=1e-10)
+    assert estimate_loss(model, val, args, whole_split=True) == got  # deterministic
+    assert estimate_loss(model, val, args) != got  # the estimate is a different number
+
+
+# ---------------------------------------------------------------------------------------------
+# The reporter serves any objective
+
+
+def test_reporter_logs_any_metrics_and_feeds_observers(tmp_path):
+    from minilm.checkpoint import RunFolder
+    from minilm.training import Observer, Reporter
+
+    class Spy(Observer):
+        def __init__(self):
+            self.steps, self.evals, self.closed = [], [], 0
+
+        def on_step(self, record):
+            self.steps.append(record)
+
+        def on_eval(self, record, sample, params):
+            self.evals.append((record, sample, params()))
+
+        def close(self):
+            self.closed += 1
+
+    spy, printed = Spy(), []
+    run = RunFolder(tmp_path)
+    rep = Reporter(4, run, progress=False, print_fn=printed.append, observers=[spy])
+    rep.step(1, 2.0, 1e-3, token_accuracy=0.25)
+    rep.step(2, 1.0, 1e-3, token_accuracy=0.5)
+    rec = rep.evaluation(2, {"val_loss": 1.5, "mlm_accuracy": 0.375}, 1e-3, "some text",
+                         params=lambda: {"w": np.ones(2)})
+    rep.close()
+    rep.close()
+    assert [r["token_accuracy"] for r in spy.steps] == [0.25, 0.5]
+    assert spy.evals[0][0] is rec and spy.evals[0][1] == "some text"
+    np.testing.assert_array_equal(spy.evals[0][2]["w"], np.ones(2))
+    assert spy.closed == 1
+    line = next(p for p in printed if p.startswith("step 2/4"))
+    assert "train loss 1.5000 | val loss 1.5000 | mlm accuracy 0.375 | lr 1.00e-03" in line, line
+    log = run.read_log()
+    assert log[0] == {"step": 1, "train_loss": 2.0, "lr": 1e-3, "token_accuracy": 0.25}
+    assert log[2]["mlm_accuracy"] == 0.375 and log[2]["train_loss_mean"] == 1.5
+    assert (tmp_path / "loss.png").exists()
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_loops_pass_observers_every_step_and_evaluation(impl):
+    from minilm.training import Observer
+
+    class Count(Observer):
+        steps = evals = 0
+        names: set = set()
+
+        def on_step(self, record):
+            Count.steps += 1
+
+        def on_eval(self, record, sample, params):
+            Count.evals += 1
+            Count.names = set(params())
+
+    res = _train(impl)(get_preset("tiny", impl=impl, steps=4, eval_interval=2, sample_tokens=0),
+                       progress=False, print_fn=lambda s: None, observers=[Count()])
+    assert (Count.steps, Count.evals) == (4, 2) and res.step == 4
+    assert "tok_emb.weight" in Count.names

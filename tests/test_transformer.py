@@ -429,3 +429,55 @@ def test_bad_tokens_raise(twin):
             model.loss(torch.tensor(idx), torch.tensor([[1, 13, 2]]))
         with pytest.raises(ValueError, match="dtype torch.float32"):
             model.loss(torch.tensor(idx), torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-LayerNorm decoder (norm="post"): no ln_f, blocks x = LN(x + f(x))
+
+
+@pytest.mark.parametrize("name", ["tied-gqa", "untied-mqa"])
+def test_post_ln_twins_agree_float64_and_finite_differences(rng, name):
+    cfg = make_config(name, norm="post")
+    assert "ln_f.weight" not in param_shapes(cfg)
+    model = randomised(NumpyLM(cfg, seed=3, dtype=np.float64), rng)
+    idx, targets = tokens(rng, cfg, 2, 5)
+    targets[0, 1] = -100
+    loss, grads = model.loss_and_grads(idx, targets)
+    twin = TorchLM(cfg, attention="naive").double()
+    twin.load_state_dict(model.state_dict())
+    assert sorted(twin.state_dict()) == sorted(model.params)
+    loss_t = twin.loss(torch.as_tensor(idx), torch.as_tensor(targets))
+    loss_t.backward()
+    assert_close(model.forward(idx), twin(torch.as_tensor(idx)), 1e-10, 1e-8, "logits")
+    assert_close(loss, loss_t, 1e-12, 1e-10, "loss")
+    named = dict(twin.named_parameters())
+    for k, g in grads.items():
+        assert_close(g, named[k].grad, 1e-10, 1e-7, k)
+    eps = 1e-6
+    for k, p in model.params.items():
+        flat, gflat = p.reshape(-1), grads[k].reshape(-1)
+        for i in rng.choice(flat.size, size=min(3, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + eps
+            up = model.loss(idx, targets)
+            flat[i] = old - eps
+            down = model.loss(idx, targets)
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert abs(gflat[i] - numeric) <= 1e-7 + 1e-5 * abs(numeric), (k, int(i), gflat[i], numeric)
+
+
+def test_post_ln_differs_from_pre_ln_and_kv_cache_works(rng):
+    pre = NumpyLM(make_config("tied-gqa"), seed=0, dtype=np.float64)
+    post = NumpyLM(make_config("tied-gqa", norm="post"), seed=0, dtype=np.float64)
+    shared = {k: v for k, v in pre.params.items() if not k.startswith("ln_f")}
+    post.load_state_dict(shared)
+    idx, _ = tokens(rng, pre.config, 2, 6)
+    assert np.abs(pre.forward(idx) - post.forward(idx)).max() > 1e-3
+    cache = post.init_cache(2)
+    step = np.concatenate([post.forward(idx[:, :4], cache=cache), post.forward(idx[:, 4:], cache=cache)], axis=1)
+    assert_close(step, post.forward(idx), 1e-12, 1e-10, "cached post-LN")
+    with pytest.raises(ValueError, match="norm"):
+        make_config("tied-gqa", norm="sandwich")
+    with pytest.raises(ValueError, match="unexpected keys.*ln_f"):
+        post.load_state_dict(pre.state_dict())

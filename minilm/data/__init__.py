@@ -8,6 +8,8 @@
 | ``minilm.data.corpus`` | ``load_corpus``: ``"builtin"``, ``"tinyshakespeare"`` or a text file |
 | ``minilm.data.batching`` | ``train_val_split``, ``get_batch``, ``iter_batches``, ``pad_batch`` |
 | ``minilm.data.synthetic`` | ``MarkovSource``: Markov-chain text with an exactly known entropy rate |
+| ``minilm.data.mlm`` | ``mask_tokens`` (BERT's 15 % / 80-10-10 recipe), ``nsp_pairs``, ``single_segments`` |
+| ``minilm.data.speakers`` | ``speaker_task``: who speaks this tinyshakespeare speech, split without leaks |
 
 Needs only NumPy and the standard library.
 """
@@ -17,6 +19,8 @@ from minilm.data.bpe import GPT2_PATTERN, GPT2_SPLIT_PATTERN, BPETokenizer, byte
 from minilm.data.char import CharTokenizer
 from minilm.data.corpus import CORPORA, corpus_names, load_corpus
 from minilm.data.synthetic import MarkovSource
+from minilm.data.mlm import ENCODER_SPECIALS, EncoderBatch, mask_tokens, nsp_pairs, single_segments
+from minilm.data.speakers import SpeakerTask, speaker_task
 from minilm.data.tokenizer import (
     DEFAULT_SPECIAL_TOKENS,
     ENCODER_SPECIAL_TOKENS,
@@ -45,4 +49,11 @@ __all__ = [
     "pad_batch",
     "causal_key_mask",
     "MarkovSource",
+    "ENCODER_SPECIALS",
+    "EncoderBatch",
+    "mask_tokens",
+    "nsp_pairs",
+    "single_segments",
+    "SpeakerTask",
+    "speaker_task",
 ]

@@ -12,6 +12,8 @@ NumPy itself): use ``python -m``.
 | token_log_probs, sequence_log_prob, perplexity, bits_per_token | likelihood |
 | TransformerLM | transformer |
 | LSTMLM | lstm |
+| TransformerEncoder | encoder |
+| accuracy, next_token_accuracy, top_k_accuracy, confusion_matrix, precision_recall_f1 | metrics |
 | generate | generate |
 | SGD, AdamW, clip_grad_norm, cosine_schedule | optim |
 """
@@ -39,10 +41,16 @@ _EXPORTS = {
     "bits_per_token": "likelihood",
     "TransformerLM": "transformer",
     "LSTMLM": "lstm",
+    "TransformerEncoder": "encoder",
+    "accuracy": "metrics",
+    "next_token_accuracy": "metrics",
+    "top_k_accuracy": "metrics",
+    "confusion_matrix": "metrics",
+    "precision_recall_f1": "metrics",
     "generate": "generate",
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
-               "transformer", "lstm", "generate", "optim", "train"}
+               "transformer", "encoder", "metrics", "lstm", "generate", "optim", "train"}
 
 __all__ = sorted(_EXPORTS)
 

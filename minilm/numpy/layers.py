@@ -15,8 +15,8 @@ The interface is stable (the LSTM of ``minilm.numpy.lstm`` builds on it):
 | LayerNorm | ``layer_norm_forward(x, w, b, eps=1e-5)`` over the last axis | ``layer_norm_backward(dy, cache) -> (dx, dw, db)`` |
 | GELU (tanh) | ``gelu_forward(x)`` | ``gelu_backward(dy, cache) -> dx`` |
 | MLP | ``mlp_forward(x, p)``: Linear, GELU, Linear | ``mlp_backward(dy, cache) -> (dx, grads)`` |
-| attention | ``attention_forward(x, p, n_head, n_kv_head, kv_cache=None)`` causal, grouped-query | ``attention_backward(dy, cache) -> (dx, grads)`` |
-| block | ``block_forward(x, p, n_head, n_kv_head, kv_cache=None)`` pre-LayerNorm | ``block_backward(dy, cache) -> (dx, grads)`` |
+| attention | ``attention_forward(x, p, n_head, n_kv_head, kv_cache=None, is_causal=True, key_padding_mask=None)`` grouped-query | ``attention_backward(dy, cache) -> (dx, grads)`` |
+| block | ``block_forward(x, p, n_head, n_kv_head, kv_cache=None, norm="pre", is_causal=True, key_padding_mask=None)`` pre- or post-LayerNorm | ``block_backward(dy, cache) -> (dx, grads)`` |
 | cross-entropy | ``cross_entropy_forward(logits, targets, ignore_index=-100) -> (loss, cache)`` | ``cross_entropy_backward(cache, dloss=1.0) -> dlogits`` |
 
 Two input helpers shared by both NumPy models: ``check_targets(targets, shape, vocab_size,
@@ -35,8 +35,8 @@ floats, which NumPy never lets promote an array. GELU is the tanh approximation 
 (``torch.nn.functional.gelu(x, approximate="tanh")``).
 
 Deliberately left out: dropout (the NumPy models are the deterministic reference; the PyTorch
-twin applies ``config.dropout`` in training mode), attention masks other than causal, biases
-that can be switched off, fused kernels.
+twin applies ``config.dropout`` in training mode), attention masks other than causal and key
+padding, biases that can be switched off, fused kernels.
 """
 
 from __future__ import annotations
@@ -271,8 +271,14 @@ def attention_forward(
     n_head: int,
     n_kv_head: int,
     kv_cache: KVCacheLayer | None = None,
+    is_causal: bool = True,
+    key_padding_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """Causal self-attention: x (B, T, C) -> (B, T, C).
+    """Multi-head self-attention: x (B, T, C) -> (B, T, C); causal unless ``is_causal=False``.
+
+    ``key_padding_mask`` (B, T) bool, True at real tokens and False at padding: no query
+    attends to a padded key (the encoder's mask; a padded query still attends to the real
+    keys, and its output is simply never read).
 
     With ``kv_cache`` the T new positions are ``kv_cache.length .. kv_cache.length + T - 1``:
     their keys/values are written into the cache and each new query attends to every cached
@@ -289,10 +295,14 @@ def attention_forward(
     v = split_heads(v, n_kv_head)  # (B, Hkv, T, D)
     if kv_cache is None:
         kk, vv = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)  # (B, H, T, D)
-        # out = softmax(q k^T / sqrt(D) + causal mask) v
-        o = scaled_dot_product_attention(q, kk, vv, is_causal=True)  # (B, H, T, D)
-        ctx = (q, kk, vv)  # what the backward needs
+        # key j is visible to every query of its row when key_padding_mask[b, j] is True
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+        # out = softmax(q k^T / sqrt(D) + mask) v   (mask: causal and/or padding, -inf where not allowed)
+        o = scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
+        ctx = (q, kk, vv, mask, is_causal)  # what the backward needs
     else:
+        if not is_causal or key_padding_mask is not None:
+            raise ValueError("attention_forward: a KV cache needs causal attention without a padding mask")
         t0 = kv_cache.length
         kv_cache.k[:, :, t0 : t0 + T] = k
         kv_cache.v[:, :, t0 : t0 + T] = v
@@ -312,12 +322,13 @@ def attention_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str
     c_q, c_k, c_v, c_o, ctx, n_head, n_kv_head = cache
     if ctx is None:
         raise ValueError("attention_backward: the forward pass ran with a KV cache; no backward")
-    q, kk, vv = ctx
+    q, kk, vv, mask, is_causal = ctx
     n_rep = n_head // n_kv_head
     g: dict[str, np.ndarray] = {}
     do, g["o_proj.weight"], g["o_proj.bias"] = linear_backward(dy, c_o)  # (B, T, C)
     do = split_heads(do, n_head)  # (B, H, T, D)
-    dq, dkk, dvv = scaled_dot_product_attention_backward(do, q, kk, vv, is_causal=True)  # (B, H, T, D) each
+    dq, dkk, dvv = scaled_dot_product_attention_backward(
+        do, q, kk, vv, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D) each
     # a key/value head used by n_rep query heads gets the sum of their gradients
     dk = merge_heads(_sum_kv_grad(dkk, n_rep))  # (B, T, Hkv*D)
     dv = merge_heads(_sum_kv_grad(dvv, n_rep))  # (B, T, Hkv*D)
@@ -331,9 +342,9 @@ def attention_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# Pre-LayerNorm Transformer block:
-#   x = x + attn(ln1(x))
-#   x = x + mlp(ln2(x))
+# Transformer block, two placements of the LayerNorms (``norm``):
+#   "pre"  (GPT-2):                     x = x + attn(ln1(x));   x = x + mlp(ln2(x))
+#   "post" (original Transformer, BERT): x = ln1(x + attn(x));   x = ln2(x + mlp(x))
 
 
 def _sub(p: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -348,30 +359,59 @@ def block_forward(
     n_head: int,
     n_kv_head: int,
     kv_cache: KVCacheLayer | None = None,
+    norm: str = "pre",
+    is_causal: bool = True,
+    key_padding_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """One pre-LN block: x (B, T, C) -> (B, T, C). Params "ln1.*", "attn.*", "ln2.*", "mlp.*"."""
-    h, c_ln1 = layer_norm_forward(x, p["ln1.weight"], p["ln1.bias"])  # (B, T, C)
-    a, c_attn = attention_forward(h, _sub(p, "attn."), n_head, n_kv_head, kv_cache)  # (B, T, C)
-    # x = x + attn(ln1(x))
-    x = x + a
-    h, c_ln2 = layer_norm_forward(x, p["ln2.weight"], p["ln2.bias"])  # (B, T, C)
-    m, c_mlp = mlp_forward(h, _sub(p, "mlp."))  # (B, T, C)
-    # x = x + mlp(ln2(x))
-    x = x + m
-    return x, (c_ln1, c_attn, c_ln2, c_mlp)
+    """One block: x (B, T, C) -> (B, T, C). Params "ln1.*", "attn.*", "ln2.*", "mlp.*".
+
+    ``norm`` is "pre" or "post" (see above); ``is_causal`` and ``key_padding_mask`` go to
+    ``attention_forward``.
+    """
+    if norm == "pre":
+        h, c_ln1 = layer_norm_forward(x, p["ln1.weight"], p["ln1.bias"])  # (B, T, C)
+        a, c_attn = attention_forward(h, _sub(p, "attn."), n_head, n_kv_head, kv_cache,
+                                      is_causal, key_padding_mask)  # (B, T, C)
+        # x = x + attn(ln1(x))
+        x = x + a
+        h, c_ln2 = layer_norm_forward(x, p["ln2.weight"], p["ln2.bias"])  # (B, T, C)
+        m, c_mlp = mlp_forward(h, _sub(p, "mlp."))  # (B, T, C)
+        # x = x + mlp(ln2(x))
+        x = x + m
+    elif norm == "post":
+        a, c_attn = attention_forward(x, _sub(p, "attn."), n_head, n_kv_head, kv_cache,
+                                      is_causal, key_padding_mask)  # (B, T, C)
+        # x = ln1(x + attn(x))
+        x, c_ln1 = layer_norm_forward(x + a, p["ln1.weight"], p["ln1.bias"])  # (B, T, C)
+        m, c_mlp = mlp_forward(x, _sub(p, "mlp."))  # (B, T, C)
+        # x = ln2(x + mlp(x))
+        x, c_ln2 = layer_norm_forward(x + m, p["ln2.weight"], p["ln2.bias"])  # (B, T, C)
+    else:
+        raise ValueError(f'block_forward: norm must be "pre" or "post", got {norm!r}')
+    return x, (norm, c_ln1, c_attn, c_ln2, c_mlp)
 
 
 def block_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Gradients of ``block_forward``: dy (B, T, C) -> dx (B, T, C), grads keyed like ``p``."""
-    c_ln1, c_attn, c_ln2, c_mlp = cache
+    norm, c_ln1, c_attn, c_ln2, c_mlp = cache
     g: dict[str, np.ndarray] = {}
-    # the residual passes dy straight through; each branch adds its own contribution
-    dh, g_mlp = mlp_backward(dy, c_mlp)  # (B, T, C)
-    dx_branch, g["ln2.weight"], g["ln2.bias"] = layer_norm_backward(dh, c_ln2)  # (B, T, C)
-    dx = dy + dx_branch
-    dh, g_attn = attention_backward(dx, c_attn)  # (B, T, C)
-    dx_branch, g["ln1.weight"], g["ln1.bias"] = layer_norm_backward(dh, c_ln1)  # (B, T, C)
-    dx += dx_branch
+    if norm == "pre":
+        # the residual passes dy straight through; each branch adds its own contribution
+        dh, g_mlp = mlp_backward(dy, c_mlp)  # (B, T, C)
+        dx_branch, g["ln2.weight"], g["ln2.bias"] = layer_norm_backward(dh, c_ln2)  # (B, T, C)
+        dx = dy + dx_branch
+        dh, g_attn = attention_backward(dx, c_attn)  # (B, T, C)
+        dx_branch, g["ln1.weight"], g["ln1.bias"] = layer_norm_backward(dh, c_ln1)  # (B, T, C)
+        dx += dx_branch
+    else:
+        # y = ln2(s2), s2 = x1 + mlp(x1): ds2 reaches x1 twice, through the residual and the MLP
+        ds2, g["ln2.weight"], g["ln2.bias"] = layer_norm_backward(dy, c_ln2)  # (B, T, C)
+        dx1, g_mlp = mlp_backward(ds2, c_mlp)  # (B, T, C)
+        dx1 += ds2
+        # x1 = ln1(s1), s1 = x + attn(x): the same again
+        ds1, g["ln1.weight"], g["ln1.bias"] = layer_norm_backward(dx1, c_ln1)  # (B, T, C)
+        dx, g_attn = attention_backward(ds1, c_attn)  # (B, T, C)
+        dx += ds1
     g.update({"attn." + k: v for k, v in g_attn.items()})
     g.update({"mlp." + k: v for k, v in g_mlp.items()})
     return dx, g

@@ -3,10 +3,14 @@
 The model, in the notation of ``minilm.numpy.layers`` (B batch, T length, C width, V vocab)::
 
     x = tok_emb[idx] + pos_emb[0..T-1]              # (B, T, C)
-    for each of the n_layer blocks:                  # pre-LayerNorm, GPT-2 style
+    for each of the n_layer blocks:                  # norm="pre" (default), GPT-2 style
         x = x + attn(ln1(x))                         # causal, grouped-query heads
         x = x + mlp(ln2(x))                          # Linear(C, F), GELU(tanh), Linear(F, C)
     logits = ln_f(x) @ W_head^T                      # (B, T, V); W_head = tok_emb when tied
+
+    with norm="post" (original Transformer / BERT placement) each block is instead
+        x = ln1(x + attn(x));  x = ln2(x + mlp(x))
+    and there is no ln_f: logits = x @ W_head^T (the last ln2 already normalised x)
 
 Parameter names (``model.params`` and ``state_dict()`` keys, the same in the PyTorch twin
 ``minilm.torch.transformer``)::
@@ -18,7 +22,7 @@ Parameter names (``model.params`` and ``state_dict()`` keys, the same in the PyT
     blocks.{i}.attn.v_proj.weight (Hkv*D, C)    .bias (Hkv*D,)
     blocks.{i}.attn.o_proj.weight (C, C)        .bias (C,)
     blocks.{i}.mlp.fc.weight (F, C)  .bias (F,)  blocks.{i}.mlp.proj.weight (C, F)  .bias (C,)
-    ln_f.weight, ln_f.bias (C,)
+    ln_f.weight, ln_f.bias (C,)           only when config.norm == "pre"
     lm_head.weight (V, C)                 only when config.tie_weights is False (no bias)
 
 Initialisation (GPT-2 / nanoGPT), all from ``np.random.default_rng(seed)`` in the key order
@@ -84,7 +88,8 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
             b + "mlp.fc.weight": (F, C), b + "mlp.fc.bias": (F,),
             b + "mlp.proj.weight": (C, F), b + "mlp.proj.bias": (C,),
         })
-    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    if config.norm == "pre":
+        shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
     if not config.tie_weights:
         shapes["lm_head.weight"] = (V, C)
     return shapes
@@ -246,11 +251,14 @@ class TransformerLM:
         block_caches = []
         for i in range(cfg.n_layer):
             layer_cache = None if cache is None else cache.layers[i]
-            x, c = block_forward(x, self._block_params(i), cfg.n_head, cfg.n_kv_head, layer_cache)  # (B, T, C)
+            x, c = block_forward(x, self._block_params(i), cfg.n_head, cfg.n_kv_head, layer_cache,
+                                 norm=cfg.norm)  # (B, T, C)
             if keep:
                 block_caches.append(c)
-        h, c_lnf = layer_norm_forward(x, P["ln_f.weight"], P["ln_f.bias"])  # (B, T, C)
-        # logits = ln_f(x) W_head^T
+        h, c_lnf = x, None
+        if cfg.norm == "pre":
+            h, c_lnf = layer_norm_forward(x, P["ln_f.weight"], P["ln_f.bias"])  # (B, T, C)
+        # logits = ln_f(x) W_head^T   (post-LN: logits = x W_head^T)
         logits, c_head = linear_forward(h, self._head_weight())  # (B, T, V)
         if cache is not None:
             cache.length = t0 + T
@@ -302,7 +310,9 @@ class TransformerLM:
         grads: dict[str, np.ndarray] = {}
         dlogits = cross_entropy_backward(c_ce)  # (B, T, V)
         dh, dW_head, _ = linear_backward(dlogits, c_head)  # (B, T, C), (V, C)
-        dx, grads["ln_f.weight"], grads["ln_f.bias"] = layer_norm_backward(dh, c_lnf)  # (B, T, C)
+        dx = dh
+        if cfg.norm == "pre":
+            dx, grads["ln_f.weight"], grads["ln_f.bias"] = layer_norm_backward(dh, c_lnf)  # (B, T, C)
         for i in reversed(range(cfg.n_layer)):
             dx, g = block_backward(dx, block_caches[i])  # (B, T, C)
             grads.update({f"blocks.{i}.{k}": v for k, v in g.items()})

@@ -11,8 +11,8 @@ computes; autograd supplies the backward. Parameter names are the NumPy dict key
 | ``torch.nn.LayerNorm(C)`` | ``weight``, ``bias`` (C,); eps 1e-5 | ``layer_norm_forward`` |
 | ``gelu`` | | ``gelu_forward`` (tanh approximation) |
 | ``MLP(C, F)`` | ``fc.*``, ``proj.*`` | ``mlp_forward`` |
-| ``CausalSelfAttention(C, H, Hkv)`` | ``q_proj.*``, ``k_proj.*``, ``v_proj.*``, ``o_proj.*`` | ``attention_forward`` |
-| ``Block(config)`` | ``ln1.*``, ``attn.*``, ``ln2.*``, ``mlp.*`` | ``block_forward`` |
+| ``CausalSelfAttention(C, H, Hkv, is_causal=True)`` | ``q_proj.*``, ``k_proj.*``, ``v_proj.*``, ``o_proj.*`` | ``attention_forward`` |
+| ``Block(config, is_causal=True)``, pre- or post-LN by ``config.norm`` | ``ln1.*``, ``attn.*``, ``ln2.*``, ``mlp.*`` | ``block_forward`` |
 
 ``Embedding`` and ``Linear`` are written out (rather than ``torch.nn``'s) so that building
 one draws nothing from torch's global random generator: parameters start uninitialised
@@ -133,12 +133,19 @@ def check_triton_head_dim(d_model: int, n_head: int) -> None:
 
 
 class CausalSelfAttention(nn.Module):
-    """Causal multi-head self-attention with Hkv key/value heads: (B, T, C) -> (B, T, C)."""
+    """Multi-head self-attention with Hkv key/value heads: (B, T, C) -> (B, T, C).
 
-    def __init__(self, d_model: int, n_head: int, n_kv_head: int, attention: str = "sdpa") -> None:
+    Causal by default; ``is_causal=False`` gives the encoder's bidirectional attention, and
+    ``forward(x, key_padding_mask=m)`` with m (B, T) bool (True = real token) hides padded keys
+    (the twin of ``attention_forward``'s arguments of the same names).
+    """
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int, attention: str = "sdpa",
+                 is_causal: bool = True) -> None:
         super().__init__()
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        self.is_causal = bool(is_causal)
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = d_model // n_head
         self.attention = attention
@@ -172,11 +179,37 @@ class CausalSelfAttention(nn.Module):
         # out = softmax(q k^T / sqrt(D) + causal mask) v
         return scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCacheLayer | None = None) -> torch.Tensor:
+    def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Bidirectional and/or padded attention (no cache): q (B, H, T, D), k, v (B, Hkv, T, D)."""
+        n_rep = self.n_head // self.n_kv_head
+        # key j is visible to every query of its row when key_padding_mask[b, j] is True
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+        if self.attention == "triton" and mask is None:
+            return _triton_flash_attention()(q, k, v, is_causal=self.is_causal)  # (B, H, T, D)
+        if self.attention == "naive":
+            k = k.repeat_interleave(n_rep, dim=1)  # (B, H, T, D)
+            v = v.repeat_interleave(n_rep, dim=1)  # (B, H, T, D)
+            # out = softmax(q k^T / sqrt(D) + mask) v
+            return scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.is_causal)
+        # sdpa (the kernel has no padding mask, so "triton" with one comes here too)
+        if mask is not None and self.is_causal:
+            T = q.shape[2]
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (B, 1, T, T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                              is_causal=self.is_causal and mask is None,
+                                              enable_gqa=n_rep > 1)  # (B, H, T, D)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCacheLayer | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[1]
         q = split_heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.n_kv_head)  # (B, Hkv, T, D)
         v = split_heads(self.v_proj(x), self.n_kv_head)  # (B, Hkv, T, D)
+        if not self.is_causal or key_padding_mask is not None:
+            if kv_cache is not None:
+                raise ValueError("a KV cache needs causal attention without a padding mask")
+            return self.o_proj(merge_heads(self._attend_masked(q, k, v, key_padding_mask)))  # (B, T, C)
         t0 = 0
         if kv_cache is not None:
             # inference only: the cache holds detached copies
@@ -190,19 +223,30 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block: x = x + attn(ln1(x)); x = x + mlp(ln2(x)). (B, T, C) -> (B, T, C)."""
+    """Transformer block, (B, T, C) -> (B, T, C), LayerNorms placed by ``config.norm``:
+    "pre": x = x + attn(ln1(x)); x = x + mlp(ln2(x)).  "post": x = ln1(x + attn(x)); x = ln2(x + mlp(x)).
+    """
 
-    def __init__(self, config: Any, attention: str = "sdpa") -> None:
+    def __init__(self, config: Any, attention: str = "sdpa", is_causal: bool = True) -> None:
         super().__init__()
+        self.norm = getattr(config, "norm", "pre")
         self.ln1 = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_head, config.n_kv_head, attention)
+        self.attn = CausalSelfAttention(config.d_model, config.n_head, config.n_kv_head, attention,
+                                        is_causal)
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, config.d_ff)
         self.dropout = float(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCacheLayer | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCacheLayer | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm == "post":
+            # x = ln1(x + attn(x));  x = ln2(x + mlp(x))   (dropout on the branches, training only)
+            a = self.attn(x, kv_cache, key_padding_mask)
+            x = self.ln1(x + F.dropout(a, self.dropout, self.training))
+            x = self.ln2(x + F.dropout(self.mlp(x), self.dropout, self.training))
+            return x  # (B, T, C)
         # x = x + attn(ln1(x))   (dropout on the branch, training mode only)
-        x = x + F.dropout(self.attn(self.ln1(x), kv_cache), self.dropout, self.training)
+        x = x + F.dropout(self.attn(self.ln1(x), kv_cache, key_padding_mask), self.dropout, self.training)
         # x = x + mlp(ln2(x))
         x = x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
         return x  # (B, T, C)

@@ -9,9 +9,12 @@ One step, as in the NumPy loop::
     g          <- g * min(1, clip / ||g||_2)             # torch.nn.utils.clip_grad_norm_
     theta      <- AdamW(theta, g, lr_t)                  # torch.optim.AdamW, decay on >= 2-D only
 
-The batches, the validation windows, the samples, the schedule and the LSTM's truncated
-BPTT are the NumPy loop's (its helpers are imported from ``minilm.numpy.train``), so from the
-same seed in float64 both loops give the same losses.
+The batches, the validation windows, the samples, the schedule, the LSTM's truncated BPTT,
+the run folder and the checkpoint are the NumPy loop's (both import them from
+``minilm.training``; the schedule from ``minilm.numpy.optim``), so from the same seed in
+float64 both loops give the same losses, and either loop's ``checkpoint/model.safetensors``
+loads into the other's model. The code below reads as a translation of the NumPy loop,
+section by section.
 
 What the twin adds:
 
@@ -43,29 +46,44 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minilm.checkpoint import CheckpointError, RunFolder, load_checkpoint, save_checkpoint, write_json
+from minilm.checkpoint import CheckpointError, save_checkpoint
+from minilm.numpy.lstm import LSTMLM as NumpyLSTMLM
+from minilm.numpy.metrics import TopKCounter
 from minilm.numpy.optim import cosine_schedule
-from minilm.numpy.train import (
+from minilm.numpy.transformer import TransformerLM as NumpyTransformerLM
+from minilm.presets import TrainArgs
+from minilm.torch.generate import generate
+from minilm.torch.lstm import LSTMLM
+from minilm.torch.transformer import TransformerLM
+from minilm.training import (
+    IGNORE_INDEX,
     Data,
     ForcedStop,
+    Observer,
     Reporter,
     StopFlag,
     TrainResult,
-    check_resume,
-    checkpoint_meta,
-    metrics,
+    describe_run,
+    eval_description,
+    lm_metrics,
+    open_run,
     prepare_data,
     random_batch,
+    resume_checkpoint,
+    run_meta,
     sample_prompt,
+    split_windows,
     stream_batch,
     stream_windows,
     tokenizer_from_meta,
+    write_run_files,
 )
-from minilm.presets import TrainArgs
 
-__all__ = ["train", "TrainResult", "estimate_loss", "build_model", "resolve_device"]
+__all__ = ["train", "TrainResult", "estimate_loss", "build_model", "sample", "resolve_device"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,39 +146,31 @@ class Dist:
         return self.world_size > 1
 
     def init(self, device: torch.device) -> None:
-        import torch.distributed as dist
-
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if self.enabled and not tdist.is_initialized():
+            tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             self.owns_group = True
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """All-reduce mean (gloo has no AVG: sum, then divide)."""
         if not self.enabled:
             return x
-        import torch.distributed as dist
-
         x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
         return x / self.world_size
 
     def any(self, flag: bool, device: torch.device) -> bool:
         if not self.enabled:
             return flag
-        import torch.distributed as dist
-
         t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
     def gather_streams(self, t: torch.Tensor) -> torch.Tensor:
         """(n_layer, B/W, H) on every rank -> (n_layer, B, H), streams in rank order."""
         if not self.enabled:
             return t
-        import torch.distributed as dist
-
         parts = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(parts, t.contiguous())
+        tdist.all_gather(parts, t.contiguous())
         return torch.cat(parts, dim=1)  # (n_layer, B, H)
 
     def close(self) -> None:
@@ -175,10 +185,8 @@ class Dist:
           the wrapper is freed, so ``train`` frees the wrapper before calling this.
         """
         if self.owns_group:
-            import torch.distributed as dist
-
-            dist.barrier()
-            dist.destroy_process_group()
+            tdist.barrier()
+            tdist.destroy_process_group()
             self.owns_group = False
 
 
@@ -189,21 +197,16 @@ class Dist:
 def build_model(config: Any, args: TrainArgs, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The torch twin, initialised with the NumPy init of ``args.seed`` (so both loops start equal)."""
     if args.model == "transformer":
-        from minilm.torch.transformer import TransformerLM
-
         model = TransformerLM(config, seed=args.seed, attention=args.attention)
     else:
-        from minilm.torch.lstm import LSTMLM
-
         # fused: torch.nn.LSTM's recurrence (same keys, same maths as the explicit loop, faster)
         model = LSTMLM(config, seed=args.seed, fused=True)
     if args.dtype == "float64":
         # Load the NumPy init drawn in float64, not a float32 init cast up, so the weights are
         # exactly the NumPy loop's.
-        from minilm.numpy.train import build_model as build_numpy_model
-
+        Reference = NumpyTransformerLM if args.model == "transformer" else NumpyLSTMLM
         model = model.to(torch.float64)
-        model.load_state_dict(build_numpy_model(config, args).state_dict())
+        model.load_state_dict(Reference(config, seed=args.seed, dtype=np.float64).state_dict())
     return model.to(device)
 
 
@@ -214,27 +217,41 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, state: Any = None) -> tuple
     return out, None
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     V = logits.shape[-1]
     if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
         logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))  # (B*T, V), (B*T,)
+    return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)  # (B*T, V), (B*T,)
 
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                   eval_iters: int | None = None, device: torch.device | str = "cpu",
-                  amp: torch.dtype | None = None) -> float:
-    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin."""
+                  amp: torch.dtype | None = None, whole_split: bool = False,
+                  accuracy: TopKCounter | None = None) -> float:
+    """Mean validation cross-entropy in nats per token; the same windows as the NumPy twin.
+    ``accuracy`` (a ``TopKCounter``), if given, also counts next-token and top-k accuracy."""
     n = eval_iters or args.eval_iters
     B, T = args.batch_size, args.context_length
+    carry = args.model == "lstm"
     device = torch.device(device)
     was_training = model.training
     model.eval()
     losses = []
     try:
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            if args.model == "lstm" and args.lstm_bptt == "carry":
+            if whole_split:
+                total, count, state = 0.0, 0, None
+                for x, y in split_windows(val, B, T):  # (B, T) each, y = IGNORE_INDEX past the end
+                    logits, state = _logits(model, torch.from_numpy(x).to(device),
+                                            state if carry else None)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, torch.from_numpy(y).to(device), IGNORE_INDEX)
+                    total += _loss(logits, torch.from_numpy(y).to(device), "sum").item()  # sum of NLL
+                    count += int((y != IGNORE_INDEX).sum())
+                return total / count
+            if carry and args.lstm_bptt == "carry":
                 streams, windows = stream_windows(val, B, T, n)
                 L = (len(val) - 1) // streams
                 state = None
@@ -243,24 +260,26 @@ def estimate_loss(model: torch.nn.Module, val: np.ndarray, args: TrainArgs,
                     x = torch.from_numpy(val[offsets]).to(device)
                     y = torch.from_numpy(val[offsets + 1]).to(device)
                     logits, state = _logits(model, x, state)  # (B, T, V)
+                    if accuracy is not None:
+                        accuracy.update(logits, y)
                     losses.append(_loss(logits, y).item())
-            else:
-                rng = np.random.default_rng(args.seed + 1)
-                for _ in range(n):
-                    x, y = random_batch(val, B, T, rng)  # (B, T) each
-                    logits, _ = _logits(model, torch.from_numpy(x).to(device))  # (B, T, V)
-                    losses.append(_loss(logits, torch.from_numpy(y).to(device)).item())
+                return float(np.mean(losses))
+            rng = np.random.default_rng(args.seed + 1)
+            for _ in range(n):
+                x, y = random_batch(val, B, T, rng)  # (B, T) each
+                logits, _ = _logits(model, torch.from_numpy(x).to(device))  # (B, T, V)
+                if accuracy is not None:
+                    accuracy.update(logits, torch.from_numpy(y).to(device))
+                losses.append(_loss(logits, torch.from_numpy(y).to(device)).item())
+            return float(np.mean(losses))
     finally:
         model.train(was_training)
-    return float(np.mean(losses))
 
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, data: Data, args: TrainArgs, device: torch.device | str = "cpu",
            n_tokens: int | None = None) -> str:
     """The same sample as the NumPy twin's (temperature 0.8, seed ``args.seed``)."""
-    from minilm.torch.generate import generate
-
     n = args.sample_tokens if n_tokens is None else n_tokens
     if n <= 0:
         return ""
@@ -279,14 +298,14 @@ def sample(model: torch.nn.Module, data: Data, args: TrainArgs, device: torch.de
 
 
 def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, callback: Callable[[int, float], None] | None = None,
-          print_fn: Callable[[str], None] | None = None) -> TrainResult:
+          overwrite: bool = False, progress: bool = True,
+          callback: Callable[[int, float], None] | None = None,
+          print_fn: Callable[[str], None] | None = None,
+          observers: tuple[Observer, ...] | list[Observer] = ()) -> TrainResult:
     """Train a PyTorch model as ``args`` says; write the run folder ``out`` (rank 0, if given).
 
     Same contract as ``minilm.numpy.train.train``; under torchrun every rank calls it.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if args.impl != "torch":
         args = args.replace(impl="torch")
     dist = Dist()
@@ -302,22 +321,15 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     is_main = dist.rank == 0
-    run = RunFolder(out) if out is not None else None
-    ckpt = None
-    if resume:
-        if run is None:
-            raise ValueError("resume=True needs the run folder `out`")
-        ckpt = load_checkpoint(run.root)
-        if ckpt.framework != "torch":
-            raise CheckpointError(f"{ckpt.path}: written by the {ckpt.framework} loop; resume it "
-                                  f"with --impl {ckpt.framework}")
-        check_resume(ckpt.meta["args"], args, ckpt.path)
+    run = open_run(out, resume=resume, overwrite=overwrite)  # every rank checks, before any writes
+    ckpt = resume_checkpoint(run, args, "torch") if resume else None
 
     # --- data, model, optimiser ---
     tokenizer = tokenizer_from_meta(ckpt.meta, ckpt.path) if ckpt else None
     data = prepare_data(args, tokenizer)
     config = args.model_config(data.tokenizer.vocab_size)
     model = build_model(config, args, device)
+    # weight decay on matrices (>= 2-D: embeddings, linear weights) only, as in nanoGPT
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -330,21 +342,22 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     start = 0
     if ckpt is not None:
         try:
-            model.load_state_dict({k: torch.as_tensor(v) for k, v in ckpt.state["model"].items()})
-            optimizer.load_state_dict(ckpt.state["optim"])
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
+            optimizer.load_state_dict(_tensors(ckpt.state["optim"]))
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{ckpt.path}: does not match the model ({e})") from None
         rng.bit_generator.state = ckpt.meta["numpy_rng"]
         # dropout's generators: each rank its own (the CPU one; on a GPU the CUDA one too)
-        torch.set_rng_state(ckpt.state["torch_rng"][dist.rank % len(ckpt.state["torch_rng"])])
+        torch_rng = ckpt.state["torch_rng"]
+        torch.set_rng_state(torch.from_numpy(torch_rng[dist.rank % len(torch_rng)]))
         cuda_rng = ckpt.state.get("cuda_rng")
         if cuda_rng and device.type == "cuda":  # (a run moved to the CPU has no CUDA state to set)
-            torch.cuda.set_rng_state(cuda_rng[dist.rank % len(cuda_rng)], device)
+            torch.cuda.set_rng_state(torch.from_numpy(cuda_rng[dist.rank % len(cuda_rng)]), device)
         if ckpt.state.get("scaler"):
             scaler.load_state_dict(ckpt.state["scaler"])
         if ckpt.state.get("lstm_state") is not None:
             b = args.batch_size // dist.world_size
-            state = tuple(s[:, dist.rank * b:(dist.rank + 1) * b].to(device)
+            state = tuple(torch.from_numpy(s[:, dist.rank * b:(dist.rank + 1) * b]).to(device)
                           for s in ckpt.state["lstm_state"])
         start = ckpt.step
     dist.init(device)
@@ -352,13 +365,8 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     if dist.enabled:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if run is not None and is_main:
-        run.make()
-        write_json(run.config, {"model": args.model, "config": config.to_dict(), "args": args.to_dict()})
-        data.tokenizer.save(str(run.tokenizer))
-        if resume:
-            run.truncate_log(start)
-        elif run.log.exists():
-            run.log.unlink()
+        write_run_files(run, {"model": args.model, "config": config.to_dict(), "args": args.to_dict()},
+                        data.tokenizer, start if resume else None)
 
     def save(done: int) -> Path | None:
         # every rank takes part (the LSTM state is gathered); rank 0 writes
@@ -370,21 +378,26 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                 torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
         rng_states = [mine]
         if dist.enabled:
-            import torch.distributed as tdist
-
             rng_states = [None] * dist.world_size
             tdist.all_gather_object(rng_states, mine)
         if run is None or not is_main:
             return None
-        meta = checkpoint_meta(args, "torch", config, data.tokenizer, done, rng, data.chars_per_token)
-        cuda_rng = [c for _, c in rng_states] if device.type == "cuda" else None
-        tree = {"model": raw_model.state_dict(), "optim": optimizer.state_dict(),
-                "torch_rng": [c for c, _ in rng_states], "cuda_rng": cuda_rng,
-                "lstm_state": lstm_state,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-        return save_checkpoint(run.checkpoint("torch"), meta, tree)
+        meta = run_meta(args, "torch", config, data.tokenizer, done, rng, model=args.model,
+                        chars_per_token=data.chars_per_token)
+        extra = {"optim": optimizer.state_dict(),
+                 "torch_rng": [c for c, _ in rng_states],
+                 "cuda_rng": [c for _, c in rng_states] if device.type == "cuda" else None,
+                 "lstm_state": lstm_state,
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        return save_checkpoint(run.checkpoint, meta, raw_model.state_dict(), extra)
 
-    rep = Reporter(args, run, start, progress, active=is_main, print_fn=print_fn)
+    def params() -> dict[str, np.ndarray]:
+        return {k: v.detach().float().cpu().numpy() for k, v in raw_model.state_dict().items()}
+
+    # --- the loop ---
+    rep = Reporter(args.steps, run, start=start, progress=progress, active=is_main,
+                   print_fn=print_fn, title=_title(args), observers=observers)
+    rep.say(describe_run(args, sum(p.numel() for p in raw_model.parameters()), start, len(data.val)))
     losses: list[float] = []
     result = TrainResult(out=run.root if run else None, step=start, first_step=start, losses=losses,
                          val_loss=float("nan"), val_perplexity=float("nan"),
@@ -415,7 +428,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     logits, new_state = _logits(model, x, state)  # (B/W, T, V)
                     loss = _loss(logits, y)
                 if args.model == "lstm" and args.lstm_bptt == "carry":
-                    # truncated BPTT: the state goes on, its gradient stops here
+                    # truncated BPTT: the state goes on, its gradient stops at the window edge
                     state = tuple(s.detach() for s in new_state)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
@@ -436,7 +449,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     callback(done, loss_value)
                 if done % args.eval_interval == 0 or done == args.steps:
                     if is_main:
-                        _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
+                        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp)
                     result.checkpoint = save(done)
     except ForcedStop:
         rep.close()  # (no dist.close(): the other ranks may be anywhere; the process is ending)
@@ -449,7 +462,7 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     finally:
         rep.close()
     if not result.interrupted and not rep.records and is_main:  # nothing left to train
-        _evaluate(raw_model, data, args, rep, done, lr, result, device, amp)
+        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp)
     if model is not raw_model:  # the DDP wrapper, freed while the process group lives on
         del model
         gc.collect()  # and now, should a reference cycle hold it
@@ -461,12 +474,32 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     return result
 
 
+def _tensors(tree: Any) -> Any:
+    """A checkpoint's tree with its NumPy arrays as tensors (torch.optim wants tensors)."""
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(tree)
+    if isinstance(tree, dict):
+        return {k: _tensors(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tensors(v) for v in tree)
+    return tree
+
+
+def _title(args: TrainArgs) -> str:
+    return f"{args.model} ({args.impl}) on {Path(args.corpus).name}"
+
+
 def _evaluate(model: torch.nn.Module, data: Data, args: TrainArgs, rep: Reporter, done: int,
-              lr: float, result: TrainResult, device: torch.device, amp: torch.dtype | None) -> None:
-    m = metrics(estimate_loss(model, data.val, args, device=device, amp=amp), data.chars_per_token)
+              lr: float, result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
+              device: torch.device, amp: torch.dtype | None) -> None:
+    acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
+    m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp, accuracy=acc),
+                   data.chars_per_token)
+    m.update(acc.result())
     text = sample(model, data, args, device)
-    rep.evaluation(done, m, lr, text)
+    rep.evaluation(done, m, lr, text, params)
     result.val_loss = m["val_loss"]
     result.val_perplexity = m["val_perplexity"]
     result.bits_per_char = m["val_bits_per_char"]
     result.sample = text
+    result.val_over = eval_description(args, len(data.val))

@@ -3,8 +3,10 @@
 ::
 
     x = tok_emb(idx) + pos_emb[0..T-1]             # (B, T, C)
-    for each block: x = x + attn(ln1(x)); x = x + mlp(ln2(x))
+    for each block: x = x + attn(ln1(x)); x = x + mlp(ln2(x))     # norm="pre"
+                or x = ln1(x + attn(x)); x = ln2(x + mlp(x))     # norm="post"
     logits = ln_f(x) @ W_head^T                    # (B, T, V); W_head = tok_emb.weight when tied
+                                                   # post-LN has no ln_f: logits = x @ W_head^T
 
 Same ``state_dict`` keys and shapes as the NumPy model (listed in its module docstring); with
 tied weights there is no ``lm_head.weight`` key, and ``parameters()`` yields the shared matrix
@@ -117,7 +119,7 @@ class TransformerLM(nn.Module):
         self.tok_emb = Embedding(config.vocab_size, config.d_model)
         self.pos_emb = Embedding(config.context_length, config.d_model)
         self.blocks = nn.ModuleList(Block(config, attention) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.d_model)
+        self.ln_f = nn.LayerNorm(config.d_model) if config.norm == "pre" else None
         self.lm_head = None if config.tie_weights else Linear(config.d_model, config.vocab_size, bias=False)
         self.load_state_dict(init_params(config, seed, np.float32))
 
@@ -172,7 +174,8 @@ class TransformerLM(nn.Module):
         x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])  # (B, T, C)
-        x = self.ln_f(x)  # (B, T, C)
+        if self.ln_f is not None:
+            x = self.ln_f(x)  # (B, T, C)
         # logits = ln_f(x) W_head^T
         W_head = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight  # (V, C)
         logits = F.linear(x, W_head)  # (B, T, V)

@@ -1,0 +1,226 @@
+"""``minilm pretrain`` and ``minilm finetune``: the encoder's commands (loops in
+``minilm.encoder_training``). Imports nothing heavy at the top, so ``minilm --help`` stays fast.
+
+``minilm eval --checkpoint RUN`` on a classifier run is answered by ``eval_classifier`` here
+(accuracy, per-class precision / recall / F1, the confusion matrix and its plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run_pretrain", "run_finetune", "is_encoder_run", "eval_encoder"]
+
+PRETRAIN_EXAMPLES = """examples:
+  minilm pretrain --out runs/enc-mlm                           # masked LM on tinyshakespeare, NumPy
+  minilm pretrain --objective mlm+nsp --impl torch --out runs/enc-nsp
+  minilm pretrain --objective causal --steps 300 --out runs/enc-causal
+  minilm pretrain --resume --out runs/enc-mlm --steps 1200     # continue, exactly
+"""
+
+FINETUNE_EXAMPLES = """examples:
+  minilm finetune --checkpoint runs/enc-mlm --task speakers --out runs/speakers
+  minilm finetune --checkpoint runs/enc-mlm --labelled 100 --out runs/speakers-100
+  minilm finetune --checkpoint runs/enc-mlm --labelled 100 --from-scratch --out runs/scratch-100
+  minilm eval --checkpoint runs/speakers                       # test accuracy, P/R/F1, confusion.png
+"""
+
+# EncoderArgs fields that are flags of both commands / of pretrain only / of finetune only
+_COMMON = ["impl", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+           "seed", "eval_interval", "eval_iters", "device", "threads", "dropout"]
+_PRETRAIN = ["objective", "corpus", "tokenizer", "vocab_size", "context_length", "d_model", "n_layer",
+             "n_head", "d_ff", "norm", "mask_prob"]
+_FINETUNE = ["checkpoint", "task", "n_speakers", "labelled", "from_scratch"]
+_TORCH_ONLY = ["device", "threads", "dropout"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pre-train an encoder (masked LM, + next sentence, or causal)",
+        description="Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
+                    "language modelling (15 %% of tokens chosen; 80 %% [MASK], 10 %% random, 10 %% kept), "
+                    "optionally with next-sentence prediction on consecutive lines, or a causal "
+                    "objective. Checkpoints, resume, Ctrl-C, progress, log.jsonl and loss.png as "
+                    "`minilm train`.",
+        epilog=PRETRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("objective and data")
+    g.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], help="default mlm")
+    g.add_argument("--corpus", help="tinyshakespeare (default), builtin, or a text file")
+    g.add_argument("--tokenizer", choices=["char", "bpe"], help="default char")
+    g.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    g.add_argument("--mask-prob", type=float, help="fraction of tokens chosen for the MLM loss (0.15)")
+    g = p.add_argument_group("model")
+    g.add_argument("--context-length", type=int, help="T: tokens per row, [CLS] and [SEP] included (64)")
+    g.add_argument("--d-model", type=int, help="C: width (64)")
+    g.add_argument("--n-layer", type=int, help="blocks (2)")
+    g.add_argument("--n-head", type=int, help="attention heads (4)")
+    g.add_argument("--d-ff", type=int, help="MLP width (4 * d_model)")
+    g.add_argument("--norm", choices=["post", "pre"], help="LayerNorm placement (post, as BERT)")
+    _common_flags(p)
+    p.set_defaults(handler=run_pretrain)
+
+    f = sub.add_parser(
+        "finetune", help="fine-tune a pre-trained encoder on a labelled task (speakers)",
+        description="Fine-tune the encoder of a `minilm pretrain` run on a labelled task, or train "
+                    "the same model from scratch (--from-scratch) for comparison. Task 'speakers': "
+                    "which of the N most frequent tinyshakespeare speakers says a speech, split "
+                    "so that no line is in two splits. Reports validation accuracy while training "
+                    "and test accuracy, per-class P/R/F1 and a confusion matrix at the end.",
+        epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = f.add_argument_group("task")
+    g.add_argument("--checkpoint", required=True, metavar="RUN", help="the pre-training run")
+    g.add_argument("--task", choices=["speakers"], help="default speakers")
+    g.add_argument("--n-speakers", type=int, help="classes: the N most frequent speakers (5)")
+    g.add_argument("--labelled", type=int, help="keep N labelled training examples (default all)")
+    g.add_argument("--from-scratch", action="store_true", default=None,
+                   help="same model, random initialisation (do not load the pre-trained weights)")
+    _common_flags(f)
+    f.set_defaults(handler=run_finetune)
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation and run")
+    g.add_argument("--impl", choices=["numpy", "torch"], help="NumPy reference (default) or PyTorch twin")
+    g.add_argument("--steps", type=int, help="optimiser steps")
+    g.add_argument("--batch-size", type=int, help="rows per step")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (>= 2-D weights only)")
+    g.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    g.add_argument("--seed", type=int, help="seed for weights, batches, masking")
+    g.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
+    g.add_argument("--eval-iters", type=int, help="validation batches per evaluation (pre-training)")
+    g.add_argument("--device", help="torch device (torch only)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (torch only)")
+    g.add_argument("--dropout", type=float, help="dropout probability (torch only)")
+    g.add_argument("--out", metavar="DIR", help="run folder")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run --out already holds")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to DIR/tensorboard (needs tensorboard)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _args(ns: argparse.Namespace, names: list[str], default_out: str) -> tuple[Any, Path]:
+    from minilm.checkpoint import load_checkpoint
+    from minilm.cli import UsageError
+    from minilm.encoder_training import EncoderArgs
+
+    out = Path(ns.out or default_out)
+    if ns.resume and ns.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one")
+    overrides = {k: getattr(ns, k) for k in _COMMON + names if getattr(ns, k, None) is not None}
+    base = EncoderArgs.from_dict(load_checkpoint(out).meta["args"]) if ns.resume else EncoderArgs()
+    args = EncoderArgs(**{**base.to_dict(), **overrides})
+    given = [f"--{k.replace('_', '-')}" for k in _TORCH_ONLY if getattr(ns, k) is not None]
+    if args.impl == "numpy" and given:
+        raise UsageError(f"{', '.join(given)}: --impl torch only (the NumPy loop runs on the CPU, "
+                         f"without dropout)")
+    return args, out
+
+
+def _observers(ns: argparse.Namespace, out: Path) -> list[Any]:
+    if not ns.tensorboard:
+        return []
+    try:
+        from minilm.tensorboard import TensorBoardObserver  # comp11's observer, once merged
+    except ImportError:
+        raise ImportError("--tensorboard needs minilm.tensorboard (and the tensorboard package)") from None
+    return [TensorBoardObserver(out / "tensorboard")]
+
+
+def run_pretrain(ns: argparse.Namespace) -> int:
+    from minilm.encoder_training import pretrain
+
+    args, out = _args(ns, _PRETRAIN, "runs/encoder")
+    print(f"minilm: pre-training an encoder ({args.objective}, {args.impl}) on {args.corpus} for "
+          f"{args.steps} steps -> {out}", flush=True)
+    result = pretrain(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet,
+                      observers=_observers(ns, out))
+    return _finish(result, out, "pretrain")
+
+
+def run_finetune(ns: argparse.Namespace) -> int:
+    from minilm.encoder_training import finetune
+
+    args, out = _args(ns, _FINETUNE, "runs/speakers")
+    how = "from scratch" if args.from_scratch else f"from {args.checkpoint}"
+    print(f"minilm: fine-tuning ({args.impl}) on {args.task} {how} for {args.steps} steps -> {out}", flush=True)
+    result = finetune(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet,
+                      observers=_observers(ns, out))
+    return _finish(result, out, "finetune")
+
+
+def _finish(result: Any, out: Path, command: str) -> int:
+    from minilm.cli import EXIT_INTERRUPTED
+
+    if result.interrupted:
+        sys.stderr.write(f"minilm: interrupted after step {result.step}: checkpoint saved to "
+                         f"{result.checkpoint} (continue with: minilm {command} --resume --out {out})\n")
+        return EXIT_INTERRUPTED
+    last = result.evals[-1] if result.evals else {}
+    shown = " | ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in last.items()
+                       if k.startswith("val_") and isinstance(v, float))
+    print(f"\ndone: {result.step} steps ({result.step - result.first_step} in this run, "
+          f"{result.seconds:.1f}s); {shown}")
+    files = "checkpoint/, config.json, tokenizer.json, log.jsonl" + (", loss.png" if result.loss_plot else "")
+    if result.test:
+        files += ", test_metrics.json" + (", confusion_test.png" if "confusion_plot" in result.test else "")
+    print(f"run folder: {out} ({files})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# minilm eval on encoder runs
+
+
+def is_encoder_run(path: str) -> bool:
+    """Does ``path`` hold an encoder run (pre-trained or classifier)?"""
+    from minilm.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path).meta.get("model") in ("encoder", "encoder-classifier")
+    except (CheckpointError, OSError, ValueError):
+        return False  # let `minilm eval` report the problem its own way
+
+
+def eval_encoder(ns: argparse.Namespace) -> int:
+    """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
+    (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
+    from minilm.data.speakers import speaker_task
+    from minilm.encoder_training import EncoderArgs, evaluate_classifier, evaluate_pretrained, load_encoder
+
+    model, tokenizer, ckpt = load_encoder(ns.checkpoint, ns.impl)
+    meta = ckpt.meta
+    print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
+    if meta["model"] == "encoder":
+        args = EncoderArgs.from_dict(meta["args"])
+        if ns.eval_iters is not None:
+            args = EncoderArgs(**{**args.to_dict(), "eval_iters": ns.eval_iters})
+        print(f"validation: {args.eval_iters} batches of {args.batch_size} rows of {args.corpus} "
+              f"({args.objective})")
+        for k, v in evaluate_pretrained(model, tokenizer, args).items():
+            print(f"{k.replace('_', ' ')}: {v:.4f}")
+        return 0
+    args = EncoderArgs.from_dict(meta["args"])
+    task = speaker_task(args.n_speakers)
+    if task.classes != meta["classes"]:
+        raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
+    plot = Path(ckpt.path).parent / "confusion_test.png"
+    m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
+    print(f"task: {meta['task']}, test split: {m['n']} speeches, {len(task.classes)} classes "
+          f"(chance {1 / len(task.classes):.3f})")
+    print(f"test accuracy: {m['accuracy']:.4f}")
+    print(f"test loss: {m['loss']:.4f}")
+    print(f"macro F1: {m['macro_f1']:.4f}")
+    print(m["report"])
+    print("confusion matrix (rows true, columns predicted):")
+    for name, row in zip(task.classes, m["confusion"]):
+        print(f"  {name:<16} " + " ".join(f"{c:4d}" for c in row))
+    if "confusion_plot" in m:
+        print(f"plot: {m['confusion_plot']}")
+    return 0

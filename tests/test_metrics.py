@@ -1,0 +1,80 @@
+"""Tests for minilm.numpy.metrics and its twin minilm.torch.metrics, against scikit-learn
+(an independent implementation) and against each other."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minilm.numpy import metrics as M
+from minilm.testing import assert_close
+from minilm.torch import metrics as TM
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_top_k_accuracy_vs_sklearn_and_twin(rng, k):
+    logits = rng.standard_normal((200, 7))
+    y = rng.integers(0, 7, 200)
+    expected = sklearn_metrics.top_k_accuracy_score(y, logits, k=k, labels=np.arange(7))
+    assert math.isclose(M.top_k_accuracy(logits, y, k), expected, rel_tol=1e-12)
+    assert math.isclose(TM.top_k_accuracy(torch.as_tensor(logits), torch.as_tensor(y), k), expected,
+                        rel_tol=1e-12)
+    if k == 1:
+        assert math.isclose(M.next_token_accuracy(logits, y), (logits.argmax(-1) == y).mean())
+
+
+def test_next_token_accuracy_ignores_positions(rng):
+    logits = rng.standard_normal((3, 5, 11))
+    targets = logits.argmax(-1)  # all right ...
+    targets[0, :2] = (targets[0, :2] + 1) % 11  # ... but two
+    targets[1, 0] = -100  # ... and one not counted
+    counted = 3 * 5 - 1
+    assert math.isclose(M.next_token_accuracy(logits, targets), (counted - 2) / counted)
+    assert math.isclose(TM.next_token_accuracy(torch.as_tensor(logits), torch.as_tensor(targets)),
+                        (counted - 2) / counted)
+    assert math.isnan(M.next_token_accuracy(logits, np.full((3, 5), -100)))
+    # a target tied with the largest logit counts (ties in the target's favour, both twins)
+    tie = np.array([[1.0, 1.0, 0.0]])
+    assert M.top_k_accuracy(tie, np.array([1]), 1) == TM.top_k_accuracy(torch.as_tensor(tie), torch.tensor([1]), 1) == 1.0
+    with pytest.raises(ValueError, match="k must"):
+        M.top_k_accuracy(logits, targets, k=12)
+    with pytest.raises(ValueError, match="do not match"):
+        M.top_k_accuracy(logits, targets[:, :3])
+
+
+def test_confusion_precision_recall_f1_vs_sklearn(rng):
+    K = 5
+    y = rng.integers(0, K, 300)
+    p = np.where(rng.random(300) < 0.6, y, rng.integers(0, K, 300))
+    p[p == 4] = 3  # class 4 never predicted: precision 0 by convention
+    cm = M.confusion_matrix(y, p, K)
+    assert (cm == sklearn_metrics.confusion_matrix(y, p, labels=range(K))).all()
+    assert (TM.confusion_matrix(torch.as_tensor(y), torch.as_tensor(p), K).numpy() == cm).all()
+    prec, rec, f1 = M.precision_recall_f1(y, p, K)
+    sp, sr, sf, _ = sklearn_metrics.precision_recall_fscore_support(y, p, labels=range(K), zero_division=0)
+    assert_close(prec, sp, 1e-12, 1e-12, "precision")
+    assert_close(rec, sr, 1e-12, 1e-12, "recall")
+    assert_close(f1, sf, 1e-12, 1e-12, "f1")
+    for a, b in zip(TM.precision_recall_f1(torch.as_tensor(y), torch.as_tensor(p), K), (prec, rec, f1)):
+        assert_close(a, b, 1e-12, 1e-12)
+    assert math.isclose(M.accuracy(p, y), sklearn_metrics.accuracy_score(y, p))
+    assert math.isclose(TM.accuracy(torch.as_tensor(p), torch.as_tensor(y)), M.accuracy(p, y))
+    report = M.classification_report(y, p, ["a", "b", "c", "d", "e"])
+    assert "macro f1" in report and f"{f1.mean():.3f}" in report
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        M.confusion_matrix(y, p + 2, K)
+
+
+def test_plot_confusion_matrix(tmp_path):
+    pytest.importorskip("matplotlib")
+    cm = np.array([[5, 1], [2, 7]])
+    path = tmp_path / "cm.png"
+    M.plot_confusion_matrix(cm, ["x", "y"], path=path)
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="square"):
+        M.plot_confusion_matrix(np.ones((2, 3)))
