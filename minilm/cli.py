@@ -89,6 +89,7 @@ EVAL_EXAMPLES = _fmt("""
 # stays fast.
 COMMAND_MODULES: list[str] = ["minilm.encoder_cli"]
 COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
+COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv) or None, script under benchmarks/, what it measures)

@@ -3,7 +3,9 @@
 ``load_run(path)`` reads the checkpoint (``minilm.checkpoint``), rebuilds the tokenizer and
 the model its ``meta.json`` describes, and loads ``model.safetensors`` into the NumPy model or
 its PyTorch twin (their state dicts have the same keys and shapes, so a run trained by either
-loop loads into both). ``minilm generate`` and ``minilm eval`` start here.
+loop loads into both). ``minilm generate`` and ``minilm eval`` start here. A run written by ``minilm compress``
+(``minilm.compressed``: int8/int4 values and scales, sparse pruned matrices) is decoded to
+float32 weights here, so it loads like any other.
 
 Deliberately left out: building models of other kinds (an encoder's loop loads its own).
 """
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from minilm.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from minilm.compressed import decode, is_compressed
 from minilm.config import LSTMConfig, TransformerConfig
 from minilm.numpy.lstm import LSTMLM
 from minilm.numpy.transformer import TransformerLM
@@ -49,6 +52,11 @@ def load_run(path: str | os.PathLike, impl: str | None = None, device: str = "cp
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path}: its model config is unreadable ({e})") from None
     tokenizer = tokenizer_from_meta(meta, ckpt.path)
+    if is_compressed(meta):  # written by `minilm compress`: int8/int4 + scales, sparse masks
+        try:
+            ckpt.weights = decode(ckpt.weights, meta["compressed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path}: compressed weights cannot be decoded ({e})") from None
     weights = ckpt.weights
     float64 = any(v.dtype == np.float64 for v in weights.values())
     if impl == "torch":

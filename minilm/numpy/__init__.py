@@ -15,6 +15,8 @@ NumPy itself): use ``python -m``.
 | TransformerEncoder | encoder |
 | accuracy, next_token_accuracy, top_k_accuracy, confusion_matrix, precision_recall_f1 | metrics |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, pack_int4, QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | SGD, AdamW, clip_grad_norm, cosine_schedule | optim |
 """
 
@@ -51,6 +53,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
                "transformer", "encoder", "metrics", "lstm", "generate", "optim", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.numpy.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 

@@ -16,6 +16,8 @@ torch itself): use ``python -m``.
 | TransformerEncoder | encoder |
 | accuracy, next_token_accuracy, top_k_accuracy, confusion_matrix, precision_recall_f1 | metrics |
 | generate | generate |
+| (submodule) quantize, dequantize, quantize_activations, int8_matmul, dynamic_quantize (torch.ao peer), QuantizedTransformerLM | quantize |
+| (submodule) Masks, magnitude_masks, prune_heads, prune_neurons, finetune | prune |
 | (optimisers: torch.optim) | |
 """
 
@@ -49,6 +51,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"functional", "attention", "flash_attention", "likelihood", "layers",
                "transformer", "encoder", "metrics", "lstm", "generate", "train"}
+_SUBMODULES |= {"quantize", "prune"}  # compression (issue 11): minilm.torch.quantize, .prune
 
 __all__ = sorted(_EXPORTS)
 
