@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 TARGET_SPEEDUP = 3.0  # the target: the cache makes 256-token generation >= 3x faster
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench_generate.py",
+        prog=prog,  # minilm bench NAME passes its own name
         description="Time generation with and without the KV cache (NumPy and PyTorch twins).",
     )
     p.add_argument("--n-layer", type=int, default=4, help="Transformer blocks (default 4)")
@@ -89,8 +89,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = _parse(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ns = _parse(argv, prog)
 
     from minilm.config import TransformerConfig
     from minilm.numpy.generate import generate as np_generate

@@ -42,9 +42,9 @@ def _default_data() -> str:
     return "tinyshakespeare"  # ships with minilm, checked by its SHA-256
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="bench_quality",
+        prog=prog,  # minilm bench NAME passes its own name
         description="Validation loss and wall time of the shakespeare-char Transformer and LSTM "
                     "presets against nanoGPT's laptop run (val loss 1.88 in ~2 minutes).")
     p.add_argument("--data", default=None,

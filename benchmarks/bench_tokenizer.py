@@ -79,8 +79,8 @@ def timed(fn, repeats: int, label: str = "") -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default="tinyshakespeare", help="corpus name or text file (default tinyshakespeare)")
     ap.add_argument("--vocab-size", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)

@@ -92,13 +92,17 @@ COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
 COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
-    # name: (module with main(argv) or None, script under benchmarks/, what it measures)
+    # name: (module with main(argv, prog) -- or "module:function" -- or None, script under
+    # benchmarks/, what it measures)
     "compile": ("minilm.kernels.compile", "compile_kernels.py",
                 "compile the Triton kernels for sm_80/sm_90 (no GPU needed) and report "
                 "registers, spills, shared memory and wgmma use"),
-    "attention": ("minilm.kernels.bench", "bench_attention_gpu.py",
-                  "on a CUDA GPU: flash-attention kernel vs torch sdpa, forward and "
-                  "forward+backward TFLOP/s (outputs checked first)"),
+    "attention": ("minilm.attention_bench", "bench_attention.py",
+                  "every attention implementation side by side, CPU or GPU (NumPy, PyTorch "
+                  "twins, torch sdpa backends, Triton, plug-ins --impl MODULE:FUNCTION): time, "
+                  "GFLOP/s or TFLOP/s, % of a GEMM, peak bytes; JSON and plots"),
+    "compare": ("minilm.attention_bench:compare_main", "bench_attention.py",
+                "row-by-row ratios of two 'bench attention' JSON files: compare A.json B.json"),
     "train-step": (None, "bench_train_step.py",
                    "one training step, NumPy reference vs PyTorch twin"),
     "generate": (None, "bench_generate.py", "generation with and without the KV cache"),
@@ -429,6 +433,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
     module_name, script, _ = BENCHMARKS[ns.which]
     argv = list(ns.bench_args)
+    prog = f"minilm bench {ns.which}"  # what --help and usage errors show
+    entry = "main"
+    if module_name is not None and ":" in module_name:
+        module_name, entry = module_name.split(":")
     if module_name is not None:
         try:
             module = importlib.import_module(module_name)
@@ -437,19 +445,25 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                 module = None  # not written / not installed: try the script
             else:
                 raise
-        if module is not None and hasattr(module, "main"):
-            rc = module.main(argv, prog=f"minilm bench {ns.which}")
+        if module is not None and hasattr(module, entry):
+            try:
+                rc = getattr(module, entry)(argv, prog=prog)
+            except SystemExit as e:  # argparse's --help (0) and usage errors (2)
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
             return int(rc or 0)
     path = repo_benchmarks_dir() / script
     if not path.is_file():
         raise FileNotFoundError(
             f"'minilm bench {ns.which}' runs benchmarks/{script}, which is not here: the "
             f"benchmarks ship with a checkout of the repository, not with the installed package")
+    # the script's main(argv, prog) (its __main__ block is not run), so that its usage line
+    # names the command the user typed
     old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv = [str(path), *argv]
+    sys.argv = [prog, *argv]
     sys.path.insert(0, str(path.parent))
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        script_globals = runpy.run_path(str(path), run_name=f"minilm_bench_{ns.which.replace('-', '_')}")
+        rc = script_globals["main"](argv, prog=prog)
     except SystemExit as e:
         code = e.code
         if code is None:
@@ -460,7 +474,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         return EXIT_ERROR
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
-    return 0
+    return int(rc or 0)
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}

@@ -616,3 +616,86 @@ def test_torch_twin_rejects_mixed_dtypes():
     q = torch.zeros(2, 4, 8)
     with pytest.raises(ValueError, match="share one dtype.*float32.*float64"):
         torch_flash_attention(q, q.double(), q.double())
+
+
+# ----------------------------------------------------------------------------- torch backward
+# The torch twin's hand-written FlashAttention-2 backward (FlashAttentionFunction), checked
+# against autograd of the plain torch twin (minilm.torch.attention) and against the NumPy
+# twin's flash_attention_backward, in float64, on awkward shapes.
+
+BACKWARD_CASES = [
+    # batch, batch_k, L, S, D, is_causal, block_q, block_k, scale
+    ((2, 3), (2, 3), 13, 17, 5, False, 4, 8, None),      # L, S prime, not multiples of a block
+    ((1, 2), (1, 2), 65, 65, 8, True, 64, 64, None),     # one past a block, causal
+    ((2, 4), (2, 1), 11, 11, 4, True, 3, 5, None),       # grouped-query: k, v broadcast over heads
+    ((3,), (3,), 7, 19, 6, True, 2, 4, None),            # causal with L < S
+    ((3,), (3,), 19, 7, 6, True, 4, 2, None),            # causal with L > S
+    ((2,), (2,), 9, 10, 3, False, 4, 4, 0.0),            # scale 0: uniform weights
+    ((2,), (2,), 9, 10, 3, True, 4, 4, -0.7),            # negative scale
+    ((1,), (1,), 1, 1, 1, False, 64, 64, None),          # the smallest problem
+]
+
+
+@pytest.mark.parametrize("batch,batch_k,L,S,D,is_causal,block_q,block_k,scale", BACKWARD_CASES)
+def test_torch_backward_matches_autograd_of_plain_twin_and_numpy(rng, batch, batch_k, L, S, D,
+                                                                  is_causal, block_q, block_k, scale):
+    from minilm.torch.attention import scaled_dot_product_attention as plain_attention
+
+    q, k, v = make_qkv(rng, batch, L, S, D, batch_k=batch_k)
+    dout = rng.standard_normal((*batch, L, D))
+    kw = dict(is_causal=is_causal, scale=scale)
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    tout, tlse = torch_flash_attention(tq, tk, tv, **kw, block_q=block_q, block_k=block_k)
+    assert type(tout.grad_fn).__name__ == "FlashAttentionFunctionBackward"
+    tout.backward(torch.from_numpy(dout))
+    got = (tq.grad, tk.grad, tv.grad)
+
+    # autograd of the plain twin (materialises p), k and v broadcast explicitly
+    pq, pk, pv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    full = (*batch, S, D)
+    pout = plain_attention(pq, pk.expand(full), pv.expand(full), **kw)
+    pout.backward(torch.from_numpy(dout))
+    assert_close(tout, pout, **TOL, name="out vs plain twin")
+    for name, g, want in zip(("dq", "dk", "dv"), got, (pq.grad, pk.grad, pv.grad)):
+        assert tuple(g.shape) == tuple(want.shape)
+        assert_close(g, want, atol=1e-11, rtol=1e-9, name=f"{name} vs autograd of the plain twin")
+
+    # the NumPy twin's hand-written backward, with other block sizes (only the sum order changes)
+    out, lse = flash_attention(q, k, v, **kw)
+    want = flash_attention_backward(dout, q, k, v, out, lse, **kw, block_q=5, block_k=3)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert_close(g, w, atol=1e-11, rtol=1e-9, name=f"{name} vs NumPy flash_attention_backward")
+
+
+def test_torch_backward_of_rows_with_nothing_to_attend_is_zero_not_nan(rng):
+    """S = 0: every row attends to nothing; out = 0, lse = -inf, and all gradients are 0."""
+    tq = torch.tensor(rng.standard_normal((2, 5, 3)), requires_grad=True)
+    tk = torch.zeros(2, 0, 3, dtype=torch.float64, requires_grad=True)
+    tv = torch.zeros(2, 0, 3, dtype=torch.float64, requires_grad=True)
+    out, lse = torch_flash_attention(tq, tk, tv, block_q=2)
+    (out.sum() + lse.masked_fill(lse == -math.inf, 0).sum()).backward()
+    assert torch.all(tq.grad == 0) and tk.grad.shape == (2, 0, 3) and tv.grad.shape == (2, 0, 3)
+
+
+def test_torch_backward_through_lse_only(rng):
+    """Only lse is used: d lse_i / d s_ij = P_ij, so dq = scale * P k, dk = scale * P^T q, dv = 0."""
+    q, k, v = make_qkv(rng, (2,), 6, 9, 4)
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    _, lse = torch_flash_attention(tq, tk, tv, block_q=4, block_k=4)
+    lse.sum().backward()
+    s = (torch.from_numpy(q) @ torch.from_numpy(k).transpose(-1, -2)) / 2.0  # scale 1/sqrt(4)
+    p = torch.softmax(s, dim=-1)  # (2, 6, 9)
+    assert_close(tq.grad, 0.5 * p @ torch.from_numpy(k), **TOL, name="dq")
+    assert_close(tk.grad, 0.5 * p.transpose(-1, -2) @ torch.from_numpy(q), **TOL, name="dk")
+    assert torch.all(tv.grad == 0)
+
+
+def test_torch_backward_saves_only_inputs_out_and_lse(rng):
+    """Between forward and backward only q, k, v, out and lse are kept (nothing (L, S))."""
+    q, k, v = make_qkv(rng, (1,), 256, 256, 8)
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        torch_flash_attention(tq, tk, tv, is_causal=True, block_q=32, block_k=32)
+    # q, k, v, out: 256 * 8 each, lse: 256 (autograd through the loop would keep every tile)
+    assert sum(t.numel() for t in saved) == 4 * 256 * 8 + 256

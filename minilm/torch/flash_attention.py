@@ -5,11 +5,16 @@ accumulator, one query tile at a time streaming over key tiles) written in torch
 that ``diff minilm/numpy/flash_attention.py minilm/torch/flash_attention.py`` reads as a
 translation. See the NumPy module's docstring for the algorithm and its derivation.
 
+The backward is written out, as in the Triton kernel: ``flash_attention`` runs through
+``FlashAttentionFunction`` (a ``torch.autograd.Function``) whose forward is the loop below,
+saving only ``q, k, v, out, lse``, and whose backward is ``flash_attention_backward``, the
+FlashAttention-2 recomputation ``P = exp(S - lse)`` tile by tile with the NumPy twin's maths
+and names (``delta``, pass 1 for dK and dV with key tiles outside, pass 2 for dQ). Nothing of
+size ``(L, S)`` is kept between forward and backward. The gradient of ``lse`` (when the
+caller uses it) enters as in the NumPy twin: ``dS = P * (dP - (delta - dlse))``.
+
 Differences from the NumPy twin, all deliberate:
-- There is no ``flash_attention_backward``: gradients come from autograd through the loop
-  (so, unlike the real kernel, autograd keeps every tile's intermediates for the backward;
-  this twin is for reading and for checking, the memory-saving version is
-  ``minilm.kernels.flash_attention``).
+- The backward is single-use (``once_differentiable``): no double backward.
 - q, k and v must share one floating dtype and one device, as in
   ``torch.nn.functional.scaled_dot_product_attention``; the loop runs in that dtype.
 
@@ -29,7 +34,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["flash_attention"]
+__all__ = ["flash_attention", "flash_attention_backward", "FlashAttentionFunction"]
 
 
 def _check_inputs(
@@ -114,7 +119,8 @@ def flash_attention(
 
     q: (..., L, D), k: (..., S, D), v: (..., S, Dv) -> out: (..., L, Dv), lse: (..., L).
     Same semantics, arguments and ``trace`` records (detached clones) as
-    ``minilm.numpy.flash_attention``.
+    ``minilm.numpy.flash_attention``. Gradients come from ``flash_attention_backward``
+    (through ``FlashAttentionFunction``), not from autograd through the loop.
 
     >>> g = torch.Generator().manual_seed(0)
     >>> q, k, v = (torch.randn(2, 100, 8, generator=g) for _ in range(3))
@@ -122,6 +128,163 @@ def flash_attention(
     >>> tuple(out.shape), tuple(lse.shape)
     ((2, 100, 8), (2, 100))
     """
+    _, scale, block_q, block_k = _check_inputs(q, k, v, scale, block_q, block_k)
+    return FlashAttentionFunction.apply(q, k, v, bool(is_causal), scale, block_q, block_k, trace)
+
+
+def flash_attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    *,
+    dlse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of flash attention by tiles (FlashAttention-2); returns ``(dq, dk, dv)``.
+
+    The twin of ``minilm.numpy.flash_attention_backward``, same arguments and maths: dout
+    (..., L, Dv), ``out`` and ``lse`` as returned by :func:`flash_attention` with the same
+    ``is_causal`` and ``scale``; optional ``dlse`` (..., L). With ``delta = rowsum(dO * O)``
+    (minus ``dlse``) and ``P = exp(S - lse)`` recomputed per tile::
+
+        dV += P^T dO        dP = dO V^T        dS = P * (dP - delta)
+        dQ += dS K * scale  dK += dS^T Q * scale
+
+    Gradients of broadcast batch dims are summed back to each input's shape.
+    """
+    batch, scale, block_q, block_k = _check_inputs(q, k, v, scale, block_q, block_k)
+    L, S, D, Dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    for name, x, want in (("dout", dout, batch + (L, Dv)), ("out", out, batch + (L, Dv)),
+                          ("lse", lse, batch + (L,))):
+        if tuple(x.shape) != want:
+            raise ValueError(f"{name} must have shape {want} for q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                             f"v {tuple(v.shape)}, got {tuple(x.shape)}")
+    if dlse is not None and tuple(dlse.shape) != batch + (L,):
+        raise ValueError(f"dlse must have the shape of lse {batch + (L,)}, got {tuple(dlse.shape)}")
+    dtype, device = q.dtype, q.device
+    dout, out, lse = (x.to(dtype) for x in (dout, out, lse))
+
+    # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax-backward correction
+    delta = (dout * out).sum(dim=-1)  # (..., L)
+    if dlse is not None:
+        # dS = P * (dP - delta + dlse): lse's gradient folds into delta
+        delta = delta - dlse.to(dtype)
+    # a row that attended to nothing has lse = -inf and all its scores -inf: use lse = 0
+    # there so that P = exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN
+    lse = torch.where(lse == -math.inf, 0.0, lse)  # (..., L)
+
+    dq = torch.zeros(batch + (L, D), dtype=dtype, device=device)  # (..., L, D)
+    dk = torch.zeros(batch + (S, D), dtype=dtype, device=device)  # (..., S, D)
+    dv = torch.zeros(batch + (S, Dv), dtype=dtype, device=device)  # (..., S, Dv)
+
+    # Pass 1, dK and dV: one key tile at a time owns its rows of dK and dV
+    for start_n in range(0, S, block_k):
+        end_n = min(start_n + block_k, S)
+        k_tile = k[..., start_n:end_n, :]  # (..., BN, D)
+        v_tile = v[..., start_n:end_n, :]  # (..., BN, Dv)
+        dk_acc = torch.zeros(batch + (end_n - start_n, D), dtype=dtype, device=device)  # (..., BN, D)
+        dv_acc = torch.zeros(batch + (end_n - start_n, Dv), dtype=dtype, device=device)  # (..., BN, Dv)
+        # causal: a query i < start_n sees none of these keys, so start at its query tile
+        lo = (start_n // block_q) * block_q if is_causal else 0
+        for start_m in range(lo, L, block_q):
+            end_m = min(start_m + block_q, L)
+            q_tile = q[..., start_m:end_m, :]  # (..., BM, D)
+            do_tile = dout[..., start_m:end_m, :]  # (..., BM, Dv)
+            lse_tile = lse[..., start_m:end_m]  # (..., BM)
+            delta_tile = delta[..., start_m:end_m]  # (..., BM)
+            # s = Q_tile K_tile^T * scale
+            s = (q_tile @ k_tile.transpose(-1, -2)) * scale  # (..., BM, BN)
+            if is_causal and end_n - 1 > start_m:
+                s = torch.where(_causal_mask(start_m, end_m, start_n, end_n, device), s, -math.inf)
+            # P = exp(S - lse): the softmax probabilities, recomputed from the saved lse
+            p = torch.exp(s - lse_tile[..., None])  # (..., BM, BN)
+            # dV += P^T dO
+            dv_acc += p.transpose(-1, -2) @ do_tile  # (..., BN, Dv)
+            # dP = dO V^T
+            dp = do_tile @ v_tile.transpose(-1, -2)  # (..., BM, BN)
+            # dS = P * (dP - delta)
+            ds = p * (dp - delta_tile[..., None])  # (..., BM, BN)
+            # dK += dS^T Q * scale
+            dk_acc += (ds.transpose(-1, -2) @ q_tile) * scale  # (..., BN, D)
+        dk[..., start_n:end_n, :] = dk_acc
+        dv[..., start_n:end_n, :] = dv_acc
+
+    # Pass 2, dQ: one query tile at a time owns its rows of dQ (recomputes S, P, dP, dS)
+    for start_m in range(0, L, block_q):
+        end_m = min(start_m + block_q, L)
+        q_tile = q[..., start_m:end_m, :]  # (..., BM, D)
+        do_tile = dout[..., start_m:end_m, :]  # (..., BM, Dv)
+        lse_tile = lse[..., start_m:end_m]  # (..., BM)
+        delta_tile = delta[..., start_m:end_m]  # (..., BM)
+        dq_acc = torch.zeros(batch + (end_m - start_m, D), dtype=dtype, device=device)  # (..., BM, D)
+        # causal: no query in this tile sees a key >= end_m
+        hi = min(S, end_m) if is_causal else S
+        for start_n in range(0, hi, block_k):
+            end_n = min(start_n + block_k, hi)
+            k_tile = k[..., start_n:end_n, :]  # (..., BN, D)
+            v_tile = v[..., start_n:end_n, :]  # (..., BN, Dv)
+            # s = Q_tile K_tile^T * scale
+            s = (q_tile @ k_tile.transpose(-1, -2)) * scale  # (..., BM, BN)
+            if is_causal and end_n - 1 > start_m:
+                s = torch.where(_causal_mask(start_m, end_m, start_n, end_n, device), s, -math.inf)
+            # P = exp(S - lse)
+            p = torch.exp(s - lse_tile[..., None])  # (..., BM, BN)
+            # dP = dO V^T
+            dp = do_tile @ v_tile.transpose(-1, -2)  # (..., BM, BN)
+            # dS = P * (dP - delta)
+            ds = p * (dp - delta_tile[..., None])  # (..., BM, BN)
+            # dQ += dS K * scale
+            dq_acc += (ds @ k_tile) * scale  # (..., BM, D)
+        dq[..., start_m:end_m, :] = dq_acc
+
+    return _sum_to_shape(dq, q.shape), _sum_to_shape(dk, k.shape), _sum_to_shape(dv, v.shape)
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """``flash_attention`` as an autograd node: forward the tiled loop, saving only
+    ``q, k, v, out, lse``; backward ``flash_attention_backward`` (FlashAttention-2).
+
+    ``FlashAttentionFunction.apply(q, k, v, is_causal, scale, block_q, block_k, trace)``
+    with ``scale`` a float (not None) -> ``(out, lse)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k, trace):
+        out, lse = _flash_attention_forward(q, k, v, is_causal, scale, block_q, block_k, trace)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (is_causal, scale, block_q, block_k)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        is_causal, scale, block_q, block_k = ctx.args
+        if dout is None:  # only lse was used
+            dout = torch.zeros_like(out)
+        dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, is_causal, scale,
+                                              block_q, block_k, dlse=dlse)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a gradient over the batch dims that were broadcast, back to the input's ``shape``."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    lead = x.dim() - len(shape)
+    x = x.sum(dim=tuple(range(lead))) if lead else x  # drop the dims the input did not have
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+def _flash_attention_forward(q, k, v, is_causal, scale, block_q, block_k, trace):
+    """The forward loop of :func:`flash_attention` (arguments already checked)."""
     batch, scale, block_q, block_k = _check_inputs(q, k, v, scale, block_q, block_k)
     L, S, Dv = q.shape[-2], k.shape[-2], v.shape[-1]
     dtype, device = q.dtype, q.device
