@@ -283,9 +283,10 @@ accs = [r.test["accuracy"] for r in results.values()]
 axes[1].bar(list(results), accs, yerr=2 * 0.075, capsize=8, color=["C0", "C1"])
 axes[1].axhline(0.5, color="grey", ls=":", label="chance")
 axes[1].set_ylim(0, 1)
-axes[1].set_ylabel("test accuracy (error bar: 2 standard deviations)")
+axes[1].set_ylabel("test accuracy (bars: 2 s.d.)")
 axes[1].legend(fontsize=8)
 fig.suptitle("speakers (2 classes): the pre-trained encoder fits faster, and generalises no better")
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -310,7 +311,8 @@ workdir.cleanup()
 # speakers, accuracy plotted against the number of labels (about 10 minutes on 2 cores). That is
 # where a pre-training advantage, if the model is large enough and trained long enough, has room
 # to appear, and where the same noise argument decides whether it did.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # Graded by the classroom assignment **transformer-block**: `minilm assignment make transformer-block --out hw/`

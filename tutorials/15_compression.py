@@ -264,12 +264,12 @@ by = {r["variant"]: r for r in rows}
 # %%
 families = {"float32": ("k", "*"), "int": ("C0", "o"), "prune": ("C3", "s"), "heads": ("C2", "^")}
 fig, ax = plt.subplots(figsize=(8, 5))
-for r in rows:
+for j, r in enumerate(rows):
     fam = "float32" if r["variant"] == "float32" else ("heads" if r["structured"] else
                                                         "prune" if r["prune"] else "int")
     color, marker = families[fam]
     ax.scatter(r["bytes"] / 1e3, r["val_perplexity"], color=color, marker=marker, s=60)
-    ax.annotate(r["variant"], (r["bytes"] / 1e3, r["val_perplexity"]), fontsize=7, xytext=(5, 3),
+    ax.annotate(r["variant"], (r["bytes"] / 1e3, r["val_perplexity"]), fontsize=7, xytext=(5, 3 if j % 2 else -9),
                 textcoords="offset points")
 ax.set_xscale("log")
 ax.set_xlabel("weights on disk (kB, log scale)")
@@ -302,7 +302,8 @@ workdir.cleanup()
 # with the machine's load, not with sparsity. And this model is tiny and under-trained, so it is
 # forgiving; the targets `minilm compress` is held to on the full shakespeare-char model are in
 # its issue note and `minilm compress --help`.
-#
+
+# %% [markdown]
 # ## Exercises
 #
 # Graded by the classroom assignment **layernorm-mlp**: `minilm assignment make layernorm-mlp --out hw/`
