@@ -3,7 +3,9 @@ scratch, on the same few labelled examples, as the number of labelled examples g
 
 One masked-LM pre-training run on tinyshakespeare (``minilm pretrain``), then, for each number
 N of labelled speeches in ``--labelled``, two runs of ``minilm finetune`` on the speaker task
-(``minilm.data.speakers``) with the same N examples (the same subset: it depends on the seed
+(``minilm.data.speakers``; or, with ``--task markov``, pre-training on the text of the Markov
+sources and fine-tuning on which source wrote a string, ``minilm.data.markov_task``) with the
+same N examples (the same subset: it depends on the seed
 only), the same steps and the same hyper-parameters:
 
     fine-tuned:    the pre-trained weights plus a new classification head
@@ -18,6 +20,8 @@ binomial standard deviation at p = 0.3): differences smaller than ~0.1 are noise
     python benchmarks/bench_finetune.py                           # defaults (~10 min on 2 cores)
     python benchmarks/bench_finetune.py --pretrain-steps 300 --finetune-steps 100 --labelled 50 200
     python benchmarks/bench_finetune.py --pretrained runs/enc-mlm  # reuse a pre-training run
+    python benchmarks/bench_finetune.py --task markov --n-classes 3 --pretrain-steps 300 \
+        --finetune-steps 100 --labelled 6 12 24 48 --context-length 48 --d-model 32   # ~2 min
 
 BLAS threads: on a small shared machine NumPy's multi-threaded BLAS can be 10x slower than one
 thread for these small matrices, so this script sets the thread count (``--blas-threads``,
@@ -40,17 +44,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--impl", choices=["numpy", "torch"], default="numpy")
     p.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], default="mlm")
+    p.add_argument("--task", choices=["speakers", "markov"], default="speakers",
+                   help="speakers (pre-training on tinyshakespeare) or markov (on the sources' text)")
     p.add_argument("--pretrained", help="a pre-training run to reuse (default: make one)")
-    p.add_argument("--pretrain-steps", type=int, default=1500)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--labelled", type=int, nargs="+", default=[25, 50, 100, 200, 400, 678],
                    help="numbers of labelled training speeches (678 = all)")
-    p.add_argument("--n-speakers", type=int, default=5)
-    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--n-speakers", "--n-classes", type=int, default=5, help="classes (speakers or sources)")
+    p.add_argument("--context-length", type=int, default=64)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning / from-scratch peak lr")
+    p.add_argument("--pretrain-lr", type=float, default=2e-3, help="pre-training peak lr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
     p.add_argument("--json", default="bench_finetune.json")
@@ -64,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ns.blas_threads)
     # imported after the BLAS thread count is set
-    from minilm.data.speakers import speaker_task
-    from minilm.encoder_training import EncoderArgs, finetune, pretrain
+    from minilm.encoder_training import EncoderArgs, finetune, make_task, pretrain
 
     root = Path(ns.out) if ns.out else Path(tempfile.mkdtemp(prefix="bench_finetune_"))
     print(f"load average {os.getloadavg()[0]:.1f}; runs in {root}", flush=True)
@@ -75,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if pre_run is None:
         pre_run = root / "pretrain"
         args = EncoderArgs(objective=ns.objective, impl=ns.impl, steps=ns.pretrain_steps,
+                           corpus="markov" if ns.task == "markov" else "tinyshakespeare",
                            context_length=ns.context_length, d_model=ns.d_model, n_layer=ns.n_layer,
-                           n_head=ns.n_head, batch_size=32, lr=1e-3, warmup_steps=100,
+                           n_head=ns.n_head, batch_size=32, lr=ns.pretrain_lr, warmup_steps=100,
                            eval_interval=max(ns.pretrain_steps // 5, 1), seed=ns.seed,
                            threads=ns.blas_threads if ns.impl == "torch" else 0)
         t = time.perf_counter()
@@ -85,17 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pre-training ({ns.objective}, {ns.pretrain_steps} steps): "
               f"{record['pretrain']['seconds']:.0f} s, " +
               ", ".join(f"{k} {v:.3f}" for k, v in res.evals[-1].items() if k.startswith("val_")), flush=True)
-    task = speaker_task(ns.n_speakers)
+    task = make_task(ns.task, ns.n_speakers)
     counts = [sum(1 for _, y in task.test if y == c) for c in range(len(task.classes))]
     record["chance"] = 1 / len(task.classes)
     record["majority"] = max(counts) / len(task.test)
-    print(f"speaker task: {len(task.classes)} classes, {len(task.train)} training speeches, test "
+    print(f"{ns.task} task: {len(task.classes)} classes, {len(task.train)} training examples, test "
           f"{len(task.test)}; chance {record['chance']:.3f}, majority class {record['majority']:.3f}")
     print(f"{'labelled':>8} {'fine-tuned':>10} {'scratch':>8} {'ft s':>6} {'scratch s':>9}", flush=True)
     for n in ns.labelled:
         row = {"labelled": min(n, len(task.train))}
         for name, scratch in (("finetuned", False), ("scratch", True)):
-            args = EncoderArgs(impl=ns.impl, checkpoint=str(pre_run), n_speakers=ns.n_speakers,
+            args = EncoderArgs(impl=ns.impl, checkpoint=str(pre_run), task=ns.task, n_classes=ns.n_speakers,
                                labelled=min(n, len(task.train)), from_scratch=scratch, steps=ns.finetune_steps,
                                batch_size=32, lr=ns.lr, warmup_steps=ns.finetune_steps // 10,
                                eval_interval=ns.finetune_steps, seed=ns.seed,
@@ -130,9 +137,9 @@ def _plot(record: dict, path: str) -> None:
     ax.axhline(record["chance"], color="grey", lw=0.8, label="chance")
     ax.axhline(record["majority"], color="grey", lw=0.8, ls=":", label="majority class")
     ax.set_xscale("log")
-    ax.set_xlabel("labelled training speeches")
+    ax.set_xlabel("labelled training examples")
     ax.set_ylabel("test accuracy")
-    ax.set_title("speaker task: pre-training vs from scratch")
+    ax.set_title(f"{record['settings']['task']} task: pre-trained and fine-tuned vs from scratch")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -114,6 +114,7 @@ BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     from minilm.presets import DEFAULT_PRESET, PRESETS
+    from minilm.tensorboard import add_tensorboard_argument
 
     parser = _Parser(
         prog="minilm",
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
     g.add_argument("--eval-iters", type=int, help="validation batches per evaluation")
     g.add_argument("--sample-tokens", type=int, help="tokens in each printed sample (0: none)")
+    add_tensorboard_argument(g)  # --tensorboard (minilm.tensorboard; pretrain/finetune use it too)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # --- generate ---
@@ -261,6 +263,7 @@ _TORCH_ONLY = ["device", "amp", "threads", "attention", "dropout"]
 def cmd_train(ns: argparse.Namespace) -> int:
     from minilm.checkpoint import load_checkpoint
     from minilm.presets import DEFAULT_PRESET, EXPECTED, PRESETS, TrainArgs, get_preset
+    from minilm.tensorboard import tensorboard_observers
 
     if ns.list_presets:
         for name, overrides in PRESETS.items():
@@ -306,7 +309,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"minilm: {verb} {what} for {args.steps} steps -> {out}", flush=True)
         if not ns.resume and preset in EXPECTED and args == get_preset(preset):
             print(f"minilm: expect {EXPECTED[preset]}", flush=True)
-    result = train(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet)
+    observers = tensorboard_observers(ns, out) if _is_rank0() else []  # --tensorboard
+    result = train(args, out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.quiet,
+                   observers=observers)
     if not _is_rank0():
         return EXIT_INTERRUPTED if result.interrupted else 0
     if result.interrupted:
@@ -383,10 +388,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from minilm.encoder_cli import eval_encoder, is_encoder_run
+    from minilm.encoder_training import is_encoder_run, report_encoder_run
 
     if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
-        return eval_encoder(ns)
+        return report_encoder_run(ns.checkpoint, ns.impl, ns.eval_iters)
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
     from minilm.numpy.metrics import TopKCounter

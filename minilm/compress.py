@@ -11,13 +11,15 @@ For every variant of a trained model this measures what it costs and what it kee
 ``measure(run)`` returns one row (a dict) per variant; ``format_table(rows)`` prints them and
 ``plot_rows(rows, path)`` draws perplexity against bytes. From Python::
 
-    from minilm.compress import measure, format_table
-    rows = measure("runs/shakespeare-char", variants=sweep(finetune_steps=300))
+    from minilm.compress import Variant, format_table, measure
+    rows = measure("runs/shakespeare-char")                      # the whole sweep
+    rows = measure("runs/shakespeare-char", [Variant("float32"), Variant("int8", bits=8)])
     print(format_table(rows))
+    [(r["variant"], r["val_perplexity"], r["bytes"]) for r in rows]
 
-The variants (``sweep``): float32, and float32 fine-tuned as long as the
-pruned models are (the control: the run may simply not have converged); int8 per tensor, int8 per channel, int8 weights +
-activations (per-channel weights, per-token dynamic activation scales,
+The variants (``sweep``): float32, and float32 fine-tuned as long as the pruned models are
+(the control: the run may simply not have converged); int8 per tensor, int8 per channel, int8
+weights + activations (per-channel weights, per-token dynamic activation scales,
 ``minilm.torch.quantize.QuantizedTransformerLM``); int4 weight-only with groups of 32, 64,
 128; torch's own ``quantize_dynamic`` (the peer); magnitude pruning to 25 / 50 / 75 %
 sparsity (global, unstructured) with and without fine-tuning; a quarter of the attention

@@ -1,18 +1,20 @@
 """``minilm pretrain`` and ``minilm finetune``: the encoder's commands (loops in
 ``minilm.encoder_training``). Imports nothing heavy at the top, so ``minilm --help`` stays fast.
 
-``minilm eval --checkpoint RUN`` on a classifier run is answered by ``eval_classifier`` here
-(accuracy, per-class precision / recall / F1, the confusion matrix and its plot).
+``minilm eval --checkpoint RUN`` on an encoder run is answered by
+``minilm.encoder_training.report_encoder_run`` (a classifier's accuracy, per-class precision /
+recall / F1, the confusion matrix and its plot).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run_pretrain", "run_finetune", "is_encoder_run", "eval_encoder"]
+__all__ = ["add_parser", "run_pretrain", "run_finetune"]
 
 PRETRAIN_EXAMPLES = """examples:
   minilm pretrain --out runs/enc-mlm                           # masked LM on tinyshakespeare, NumPy
@@ -33,22 +35,23 @@ _COMMON = ["impl", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weigh
            "seed", "eval_interval", "eval_iters", "device", "threads", "dropout"]
 _PRETRAIN = ["objective", "corpus", "tokenizer", "vocab_size", "context_length", "d_model", "n_layer",
              "n_head", "d_ff", "norm", "mask_prob"]
-_FINETUNE = ["checkpoint", "task", "n_speakers", "labelled", "from_scratch"]
+_FINETUNE = ["checkpoint", "task", "n_classes", "labelled", "from_scratch"]
 _TORCH_ONLY = ["device", "threads", "dropout"]
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pretrain", help="pre-train an encoder (masked LM, + next sentence, or causal)",
-        description="Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
-                    "language modelling (15 %% of tokens chosen; 80 %% [MASK], 10 %% random, 10 %% kept), "
+        description=_fill("Pre-train a BERT-style encoder (post-LN, bidirectional) on a corpus: masked "
+                    "language modelling (15 % of tokens chosen; 80 % [MASK], 10 % random, 10 % kept), "
                     "optionally with next-sentence prediction on consecutive lines, or a causal "
                     "objective. Checkpoints, resume, Ctrl-C, progress, log.jsonl and loss.png as "
-                    "`minilm train`.",
+                    "`minilm train`."),
         epilog=PRETRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("objective and data")
     g.add_argument("--objective", choices=["mlm", "mlm+nsp", "causal"], help="default mlm")
-    g.add_argument("--corpus", help="tinyshakespeare (default), builtin, or a text file")
+    g.add_argument("--corpus", help="tinyshakespeare (default), builtin, a text file, or markov "
+                   "(the text of the markov task's sources)")
     g.add_argument("--tokenizer", choices=["char", "bpe"], help="default char")
     g.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
     g.add_argument("--mask-prob", type=float, help="fraction of tokens chosen for the MLM loss (0.15)")
@@ -64,16 +67,18 @@ def add_parser(sub: Any) -> None:
 
     f = sub.add_parser(
         "finetune", help="fine-tune a pre-trained encoder on a labelled task (speakers)",
-        description="Fine-tune the encoder of a `minilm pretrain` run on a labelled task, or train "
+        description=_fill("Fine-tune the encoder of a `minilm pretrain` run on a labelled task, or train "
                     "the same model from scratch (--from-scratch) for comparison. Task 'speakers': "
                     "which of the N most frequent tinyshakespeare speakers says a speech, split "
                     "so that no line is in two splits. Reports validation accuracy while training "
-                    "and test accuracy, per-class P/R/F1 and a confusion matrix at the end.",
+                    "and test accuracy, per-class P/R/F1 and a confusion matrix at the end."),
         epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = f.add_argument_group("task")
     g.add_argument("--checkpoint", required=True, metavar="RUN", help="the pre-training run")
-    g.add_argument("--task", choices=["speakers"], help="default speakers")
-    g.add_argument("--n-speakers", type=int, help="classes: the N most frequent speakers (5)")
+    g.add_argument("--task", choices=["speakers", "markov"],
+                   help="speakers (default) or markov (which of N Markov sources wrote a string: a quick check)")
+    g.add_argument("--n-classes", "--n-speakers", type=int, dest="n_classes",
+                   help="classes: the N most frequent speakers, or N sources (default 5)")
     g.add_argument("--labelled", type=int, help="keep N labelled training examples (default all)")
     g.add_argument("--from-scratch", action="store_true", default=None,
                    help="same model, random initialisation (do not load the pre-trained weights)")
@@ -81,7 +86,13 @@ def add_parser(sub: Any) -> None:
     f.set_defaults(handler=run_finetune)
 
 
+def _fill(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
 def _common_flags(p: argparse.ArgumentParser) -> None:
+    from minilm.tensorboard import add_tensorboard_argument
+
     g = p.add_argument_group("optimisation and run")
     g.add_argument("--impl", choices=["numpy", "torch"], help="NumPy reference (default) or PyTorch twin")
     g.add_argument("--steps", type=int, help="optimiser steps")
@@ -100,8 +111,7 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="DIR", help="run folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace the run --out already holds")
-    g.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files to DIR/tensorboard (needs tensorboard)")
+    add_tensorboard_argument(g)  # --tensorboard, exactly as `minilm train` has it
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,13 +134,10 @@ def _args(ns: argparse.Namespace, names: list[str], default_out: str) -> tuple[A
 
 
 def _observers(ns: argparse.Namespace, out: Path) -> list[Any]:
-    if not ns.tensorboard:
-        return []
-    try:
-        from minilm.tensorboard import TensorBoardObserver  # comp11's observer, once merged
-    except ImportError:
-        raise ImportError("--tensorboard needs minilm.tensorboard (and the tensorboard package)") from None
-    return [TensorBoardObserver(out / "tensorboard")]
+    """TensorBoard writers when --tensorboard is given (minilm.tensorboard; [] otherwise)."""
+    from minilm.tensorboard import tensorboard_observers
+
+    return tensorboard_observers(ns, out)
 
 
 def run_pretrain(ns: argparse.Namespace) -> int:
@@ -171,56 +178,4 @@ def _finish(result: Any, out: Path, command: str) -> int:
     if result.test:
         files += ", test_metrics.json" + (", confusion_test.png" if "confusion_plot" in result.test else "")
     print(f"run folder: {out} ({files})")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# minilm eval on encoder runs
-
-
-def is_encoder_run(path: str) -> bool:
-    """Does ``path`` hold an encoder run (pre-trained or classifier)?"""
-    from minilm.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        return load_checkpoint(path).meta.get("model") in ("encoder", "encoder-classifier")
-    except (CheckpointError, OSError, ValueError):
-        return False  # let `minilm eval` report the problem its own way
-
-
-def eval_encoder(ns: argparse.Namespace) -> int:
-    """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
-    (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
-    from minilm.data.speakers import speaker_task
-    from minilm.encoder_training import EncoderArgs, evaluate_classifier, evaluate_pretrained, load_encoder
-
-    model, tokenizer, ckpt = load_encoder(ns.checkpoint, ns.impl)
-    meta = ckpt.meta
-    print(f"checkpoint: {ckpt.path} (step {ckpt.step})")
-    if meta["model"] == "encoder":
-        args = EncoderArgs.from_dict(meta["args"])
-        if ns.eval_iters is not None:
-            args = EncoderArgs(**{**args.to_dict(), "eval_iters": ns.eval_iters})
-        print(f"validation: {args.eval_iters} batches of {args.batch_size} rows of {args.corpus} "
-              f"({args.objective})")
-        for k, v in evaluate_pretrained(model, tokenizer, args).items():
-            print(f"{k.replace('_', ' ')}: {v:.4f}")
-        return 0
-    args = EncoderArgs.from_dict(meta["args"])
-    task = speaker_task(args.n_speakers)
-    if task.classes != meta["classes"]:
-        raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
-    plot = Path(ckpt.path).parent / "confusion_test.png"
-    m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
-    print(f"task: {meta['task']}, test split: {m['n']} speeches, {len(task.classes)} classes "
-          f"(chance {1 / len(task.classes):.3f})")
-    print(f"test accuracy: {m['accuracy']:.4f}")
-    print(f"test loss: {m['loss']:.4f}")
-    print(f"macro F1: {m['macro_f1']:.4f}")
-    print(m["report"])
-    print("confusion matrix (rows true, columns predicted):")
-    for name, row in zip(task.classes, m["confusion"]):
-        print(f"  {name:<16} " + " ".join(f"{c:4d}" for c in row))
-    if "confusion_plot" in m:
-        print(f"plot: {m['confusion_plot']}")
     return 0

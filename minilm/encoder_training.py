@@ -9,7 +9,8 @@ Pre-training (objective ``mlm``, ``mlm+nsp`` or ``causal``) on a corpus::
     causal:   the same encoder with causal attention (``EncoderConfig(causal=True)``) predicting
               the next token of [CLS] w through the tied LM head; the pooler reads the last token
 
-Fine-tuning (task ``speakers``, ``minilm.data.speakers``): the pre-trained encoder plus a new
+Fine-tuning (task ``speakers``, ``minilm.data.speakers``, or ``markov``, the quick synthetic task
+of ``minilm.data.markov_task`` that CI runs): the pre-trained encoder plus a new
 classification head (``EncoderConfig(n_classes=K)``, loaded with ``strict=False``), trained on
 ``[CLS] speech [SEP]`` rows (cut to the context length) with the class cross-entropy; or the
 same model from its random initialisation (``from_scratch``), for the comparison the
@@ -42,6 +43,7 @@ from minilm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minilm.config import EncoderConfig
 from minilm.data import BPETokenizer, CharTokenizer, load_corpus, train_val_split
 from minilm.data.mlm import ENCODER_SPECIALS, EncoderBatch, mask_tokens, nsp_pairs, single_segments, text_segments
+from minilm.data.markov_task import markov_corpus, markov_task
 from minilm.data.speakers import speaker_task
 from minilm.numpy import metrics as M
 from minilm.numpy.encoder import TransformerEncoder
@@ -59,10 +61,11 @@ from minilm.training import (
 )
 
 __all__ = ["EncoderArgs", "EncoderResult", "OBJECTIVES", "TASKS", "pretrain", "finetune",
-           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids"]
+           "load_encoder", "evaluate_classifier", "evaluate_pretrained", "special_ids", "make_task",
+           "is_encoder_run", "report_encoder_run"]
 
 OBJECTIVES = ("mlm", "mlm+nsp", "causal")
-TASKS = ("speakers",)
+TASKS = ("speakers", "markov")
 IGNORE_INDEX = -100
 # fields a resumed run may change (as minilm.training.RESUMABLE_CHANGES for `minilm train`)
 RESUMABLE = {"steps", "eval_interval", "eval_iters", "device", "threads"}
@@ -74,7 +77,7 @@ class EncoderArgs:
 
     objective: str = "mlm"  # pre-training objective: "mlm", "mlm+nsp" or "causal"
     impl: str = "numpy"  # "numpy" (the reference loop) or "torch"
-    corpus: str = "tinyshakespeare"  # pre-training text: a corpus name or a path
+    corpus: str = "tinyshakespeare"  # pre-training text: a corpus name, a path, or "markov" (markov_corpus)
     tokenizer: str = "char"  # "char" or "bpe" (specials: ENCODER_SPECIALS)
     vocab_size: int = 512  # BPE only
     # the model (pre-training; fine-tuning takes them from the checkpoint)
@@ -101,8 +104,8 @@ class EncoderArgs:
     threads: int = 0  # torch.set_num_threads when > 0
     # fine-tuning
     checkpoint: str | None = None  # the pre-training run (its config, tokenizer and weights)
-    task: str = "speakers"
-    n_speakers: int = 5
+    task: str = "speakers"  # "speakers" (minilm.data.speakers) or "markov" (minilm.data.markov_task)
+    n_classes: int = 5  # speakers (the most frequent) or Markov sources
     labelled: int | None = None  # keep this many labelled training examples (None: all)
     from_scratch: bool = False  # same model, random initialisation (weights not loaded)
 
@@ -171,11 +174,17 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
 
 def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
              progress: bool = True, print_fn: Callable[[str], None] | None = None,
-             observers: tuple[Observer, ...] | list[Observer] = ()) -> EncoderResult:
-    """Pre-train an encoder on ``args.corpus`` with ``args.objective``; write the run ``out``."""
+             observers: tuple[Observer, ...] | list[Observer] = (),
+             callback: Callable[[int, float], None] | None = None) -> EncoderResult:
+    """Pre-train an encoder on ``args.corpus`` with ``args.objective``; write the run ``out``.
+
+    As ``minilm.numpy.train.train``: ``resume`` / ``overwrite`` an existing run,
+    ``callback(step, loss)`` after every step, ``observers`` on every step and evaluation;
+    Ctrl-C stops after the step, saves a checkpoint and returns with ``interrupted=True``.
+    """
     run = open_run(out, resume=resume, overwrite=overwrite)
     ckpt = resume_checkpoint(run, args, args.impl, RESUMABLE) if resume else None
-    text = load_corpus(args.corpus)
+    text = _corpus(args.corpus)
     if ckpt is not None:
         tokenizer = tokenizer_from_meta(ckpt.meta, ckpt.path)
     elif args.tokenizer == "char":
@@ -186,7 +195,7 @@ def pretrain(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
     train_data, batch, evaluate = _pretraining_data(args, tokenizer, text)
     title = f"encoder {args.objective} ({args.impl}) on {Path(args.corpus).name}"
     return _loop(args, run, ckpt, config, tokenizer, "encoder", batch, train_data, evaluate, title,
-                 progress, print_fn, observers, resume)
+                 progress, print_fn, observers, resume, callback=callback)
 
 
 def _pretraining_data(args: EncoderArgs, tokenizer: Any, text: str) -> tuple[Any, Callable, Callable]:
@@ -248,7 +257,7 @@ def _pretraining_data(args: EncoderArgs, tokenizer: Any, text: str) -> tuple[Any
 def evaluate_pretrained(model: Any, tokenizer: Any, args: EncoderArgs) -> dict[str, float]:
     """The validation metrics ``pretrain`` logs (loss, MLM or next-token accuracy, NSP accuracy)
     of a pre-trained encoder (either twin), on ``args.eval_iters`` batches of ``args.corpus``."""
-    _, _, evaluate = _pretraining_data(args, tokenizer, load_corpus(args.corpus))
+    _, _, evaluate = _pretraining_data(args, tokenizer, _corpus(args.corpus))
     return evaluate(model if isinstance(model, _Twin) else _Twin.wrap(model))
 
 
@@ -258,7 +267,8 @@ def evaluate_pretrained(model: Any, tokenizer: Any, args: EncoderArgs) -> dict[s
 
 def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
              progress: bool = True, print_fn: Callable[[str], None] | None = None,
-             observers: tuple[Observer, ...] | list[Observer] = ()) -> EncoderResult:
+             observers: tuple[Observer, ...] | list[Observer] = (),
+             callback: Callable[[int, float], None] | None = None) -> EncoderResult:
     """Fine-tune the encoder of ``args.checkpoint`` on ``args.task`` (or train it from scratch)."""
     if args.checkpoint is None:
         raise ValueError("finetune needs --checkpoint RUN (a pre-training run: its model, tokenizer, weights)")
@@ -270,7 +280,7 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
                               f"{pre.meta.get('model')!r}); make one with `minilm pretrain`")
     tokenizer = tokenizer_from_meta(pre.meta, pre.path)
     sp = special_ids(tokenizer)
-    task = speaker_task(args.n_speakers)
+    task = make_task(args.task, args.n_classes)
     pre_config = EncoderConfig.from_dict(pre.meta["config"])
     config = replace(pre_config, n_classes=len(task.classes), dropout=args.dropout)
     T = config.context_length
@@ -296,6 +306,7 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
     extra_meta = {"classes": task.classes, "task": args.task, "pretrained": str(pre.path)}
     result = _loop(args, run, ckpt, config, tokenizer, "encoder-classifier", batch, (train_rows, train_y),
                    evaluate, title, progress, print_fn, observers, resume, init=init, extra_meta=extra_meta,
+                   callback=callback,
                    describe=f"{len(train_y)} labelled examples, {len(task.classes)} classes "
                             f"({', '.join(task.classes)}); validation {len(val_y)}, test {len(task.test)}")
     model, result.model = result.model, None
@@ -306,9 +317,23 @@ def finetune(args: EncoderArgs, out: str | Path | None = None, *, resume: bool =
             from minilm.checkpoint import write_json
 
             write_json(run.root / "test_metrics.json", {k: v for k, v in result.test.items() if k != "report"})
-        (print_fn or print)(f"test accuracy {result.test['accuracy']:.4f} on {len(task.test)} speeches "
+        (print_fn or print)(f"test accuracy {result.test['accuracy']:.4f} on {len(task.test)} examples "
                             f"(chance {1 / len(task.classes):.2f})\n{result.test['report']}")
     return result
+
+
+def make_task(name: str, n_classes: int) -> Any:
+    """The labelled task ``name`` with ``n_classes`` classes (a ``SpeakerTask``: classes, splits)."""
+    if name == "speakers":
+        return speaker_task(n_classes)
+    if name == "markov":
+        return markov_task(n_classes)
+    raise ValueError(f"task must be one of {TASKS}, got {name!r}")
+
+
+def _corpus(name: str) -> str:
+    """``load_corpus(name)``, or the Markov task's unlabelled text for "markov"."""
+    return markov_corpus() if name == "markov" else load_corpus(name)
 
 
 def _encode_examples(examples: list[tuple[str, int]], tokenizer: Any, T: int,
@@ -354,6 +379,54 @@ def load_encoder(path: str | Path, impl: str | None = None) -> tuple[Any, Any, A
     twin = _Twin(impl, config, seed=0)
     twin.load(ckpt.weights)
     return twin.model, tokenizer, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# minilm eval on encoder runs
+
+
+def is_encoder_run(path: str | Path) -> bool:
+    """Does ``path`` hold an encoder run (pre-trained or classifier)?"""
+    try:
+        return load_checkpoint(path).meta.get("model") in ("encoder", "encoder-classifier")
+    except (CheckpointError, OSError, ValueError):
+        return False  # let `minilm eval` report the problem its own way
+
+
+def report_encoder_run(path: str | Path, impl: str | None = None, eval_iters: int | None = None,
+                       print_fn: Callable[[str], None] = print) -> int:
+    """``minilm eval`` of an encoder run: a classifier's test accuracy, P/R/F1, confusion matrix
+    (plotted next to the checkpoint); a pre-trained encoder's validation loss and MLM accuracy."""
+    model, tokenizer, ckpt = load_encoder(path, impl)
+    meta = ckpt.meta
+    print_fn(f"checkpoint: {ckpt.path} (step {ckpt.step})")
+    if meta["model"] == "encoder":
+        args = EncoderArgs.from_dict(meta["args"])
+        if eval_iters is not None:
+            args = EncoderArgs(**{**args.to_dict(), "eval_iters": eval_iters})
+        print_fn(f"validation: {args.eval_iters} batches of {args.batch_size} rows of {args.corpus} "
+              f"({args.objective})")
+        for k, v in evaluate_pretrained(model, tokenizer, args).items():
+            print_fn(f"{k.replace('_', ' ')}: {v:.4f}")
+        return 0
+    args = EncoderArgs.from_dict(meta["args"])
+    task = make_task(args.task, args.n_classes)
+    if task.classes != meta["classes"]:
+        raise ValueError(f"the task's classes {task.classes} differ from the checkpoint's {meta['classes']}")
+    plot = Path(ckpt.path).parent / "confusion_test.png"
+    m = evaluate_classifier(model, tokenizer, task.classes, task.test, plot)
+    print_fn(f"task: {meta['task']}, test split: {m['n']} examples, {len(task.classes)} classes "
+          f"(chance {1 / len(task.classes):.3f})")
+    print_fn(f"test accuracy: {m['accuracy']:.4f}")
+    print_fn(f"test loss: {m['loss']:.4f}")
+    print_fn(f"macro F1: {m['macro_f1']:.4f}")
+    print_fn(m["report"])
+    print_fn("confusion matrix (rows true, columns predicted):")
+    for name, row in zip(task.classes, m["confusion"]):
+        print_fn(f"  {name:<16} " + " ".join(f"{c:4d}" for c in row))
+    if "confusion_plot" in m:
+        print_fn(f"plot: {m['confusion_plot']}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +573,7 @@ def _loop(args: EncoderArgs, run: Any, ckpt: Any, config: EncoderConfig, tokeniz
           evaluate: Callable[[_Twin], dict[str, float]], title: str, progress: bool,
           print_fn: Callable[[str], None] | None, observers: Any, resume: bool,
           init: dict[str, np.ndarray] | None = None, extra_meta: dict[str, Any] | None = None,
-          describe: str = "") -> EncoderResult:
+          describe: str = "", callback: Callable[[int, float], None] | None = None) -> EncoderResult:
     """The training loop both commands share (the steps of ``minilm.training``'s recipe)."""
     twin = _Twin(args.impl, config, args.seed, args)
     if init is not None:
@@ -549,6 +622,8 @@ def _loop(args: EncoderArgs, run: Any, ckpt: Any, config: EncoderConfig, tokeniz
                     raise FloatingPointError(f"training loss became {loss} at step {done}; try a lower --lr")
                 result.losses.append(loss)
                 rep.step(done, loss, lr)
+                if callback is not None:
+                    callback(done, loss)
                 if done % args.eval_interval == 0 or done == args.steps:
                     evaluation()
                     result.checkpoint = save(done)

@@ -345,10 +345,15 @@ class Observer:
     (``step``, ``train_loss``, ``lr`` and any extra metrics the loop passed).
     ``on_eval(record, sample, params)``: after every evaluation; ``params()`` returns the
     model's parameters as {name: NumPy array} (call it only if you need them: it copies).
+    ``on_grads(step, grads)``: after every evaluation whose loop passed its gradients;
+    ``grads()`` returns the last step's gradients as {name: NumPy array} (after clipping).
     ``close()``: at the end of training (also after Ctrl-C).
     """
 
     def on_step(self, record: dict[str, Any]) -> None:
+        pass
+
+    def on_grads(self, step: int, grads: Callable[[], dict[str, np.ndarray]]) -> None:
         pass
 
     def on_eval(self, record: dict[str, Any], sample: str, params: Callable[[], dict[str, np.ndarray]] | None) -> None:
@@ -463,7 +468,8 @@ class Reporter:
                      f"{format_duration(self.seconds_left(done))} to go")
 
     def evaluation(self, done: int, metrics: dict[str, float], lr: float | None = None,
-                   sample: str = "", params: Callable[[], dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+                   sample: str = "", params: Callable[[], dict[str, np.ndarray]] | None = None,
+                   grads: Callable[[], dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
         """Log one evaluation: ``metrics`` (name -> number) go to the line, the log, observers."""
         train_loss = float(np.mean(self.window)) if self.window else float("nan")
         self.window = []
@@ -490,6 +496,8 @@ class Reporter:
         self.pending.append(rec)
         for o in self.observers:
             o.on_eval(rec, sample, params)
+            if grads is not None:
+                o.on_grads(done, grads)
         self.flush()
         return rec
 

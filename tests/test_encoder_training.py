@@ -106,9 +106,10 @@ def test_commands_pretrain_finetune_eval_and_their_errors(tmp_path):
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     size = ["--context-length", "24", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--batch-size", "8",
             "--eval-iters", "1"]
-    p = minilm("pretrain", "--steps", "2", "--eval-interval", "2", "--out", str(pre), "--quiet", *size)
+    p = minilm("pretrain", "--steps", "2", "--eval-interval", "2", "--out", str(pre), "--quiet", "--tensorboard", *size)
     assert p.returncode == 0, p.stderr
     assert "val mlm accuracy" in p.stdout and (pre / "log.jsonl").is_file()
+    assert any((pre / "tensorboard").iterdir()), "--tensorboard wrote event files"
     p = minilm("finetune", "--checkpoint", str(pre), "--steps", "2", "--eval-interval", "2", "--labelled", "8",
                "--batch-size", "8", "--out", str(ft), "--quiet")
     assert p.returncode == 0, p.stderr
@@ -125,3 +126,58 @@ def test_commands_pretrain_finetune_eval_and_their_errors(tmp_path):
     assert p.returncode == 2 and "--impl torch only" in p.stderr
     p = minilm("pretrain", "--steps", "2", "--out", str(pre), *size)
     assert p.returncode == 1 and "--resume" in p.stderr
+
+
+def clear_margin(n: int, n_classes: int, z: float = 5.0) -> float:
+    """The accuracy a classifier must beat on a balanced test set of n examples to show it
+    learned something.
+
+    A classifier that ignores its input predicts class c with some probability q_c whatever
+    the example; on a balanced test set (n / K examples per class) its number of hits is a sum
+    of n independent Bernoulli(q_{c(i)} ...) draws with mean n / K and variance at most
+    n (1/K)(1 - 1/K) (the Bernoulli variance p (1 - p) summed, p = 1/K on average, maximised
+    when every p equals 1/K). So its accuracy exceeds 1/K + z sqrt((1/K)(1 - 1/K) / n) with
+    probability below the normal tail erfc(z / sqrt 2) / 2 ~ 3e-7 for z = 5.
+    For n = 200, K = 3: 1/3 + 5 * 0.0333 = 0.500.
+    """
+    p = 1.0 / n_classes
+    return p + z * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_then_finetune_beats_chance_by_a_clear_margin(tmp_path):
+    """The whole pipeline through the commands, < 60 s on a busy 2-core machine: masked-LM
+    pre-training on the Markov sources' text, then fine-tuning on which of 3 sources wrote a
+    string (minilm.data.markov_task; the speaker task needs far more compute, see
+    benchmarks/bench_finetune.py)."""
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    p = minilm("pretrain", "--corpus", "markov", "--steps", "60", "--eval-interval", "60", "--eval-iters", "2",
+               "--context-length", "48", "--d-model", "32", "--n-layer", "1", "--n-head", "2",
+               "--batch-size", "16", "--out", str(pre), "--quiet")
+    assert p.returncode == 0, p.stderr
+    p = minilm("finetune", "--task", "markov", "--n-classes", "3", "--checkpoint", str(pre), "--steps", "120",
+               "--eval-interval", "120", "--batch-size", "16", "--lr", "2e-3", "--out", str(ft), "--quiet")
+    assert p.returncode == 0, p.stderr
+    m = json.loads((ft / "test_metrics.json").read_text())
+    counts = [sum(row) for row in m["confusion"]]  # test examples per true class
+    assert max(counts) - min(counts) <= 1, "the test split is balanced"
+    bar = clear_margin(m["n"], 3)
+    assert 0.45 < bar < 0.55
+    assert m["accuracy"] > bar, (m["accuracy"], bar, m["confusion"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    """A real SIGINT in the middle of pre-training: the loop stops after the step, saves the
+    checkpoint, restores the handler; --resume then finishes the run."""
+    import signal
+
+    def ctrl_c_at_step_3(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    args = EncoderArgs(steps=6, eval_interval=5, **TINY)
+    res = pretrain(args, tmp_path / "run", callback=ctrl_c_at_step_3, **QUIET)
+    assert res.interrupted and res.step == 3 and load_checkpoint(tmp_path / "run").step == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    done = pretrain(args, tmp_path / "run", resume=True, **QUIET)
+    assert not done.interrupted and done.first_step == 3 and done.step == 6

@@ -78,3 +78,33 @@ def test_plot_confusion_matrix(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="square"):
         M.plot_confusion_matrix(np.ones((2, 3)))
+
+
+def test_top_k_counter_numpy_and_torch_and_in_estimate_loss(rng):
+    """TopKCounter sums hits over batches (numpy arrays or torch tensors alike), and the
+    training loops' estimate_loss counts them over exactly the windows it scores."""
+    from minilm.config import TransformerConfig
+    from minilm.numpy.train import estimate_loss
+    from minilm.numpy.transformer import TransformerLM
+    from minilm.presets import get_preset
+    from minilm.training import random_batch
+
+    a, b = M.TopKCounter(), M.TopKCounter()
+    logits = [rng.standard_normal((2, 3, 9)) for _ in range(3)]
+    targets = [rng.integers(0, 9, (2, 3)) for _ in range(3)]
+    targets[1][0, 0] = -100
+    for z, y in zip(logits, targets):
+        a.update(z, y)
+        b.update(torch.as_tensor(z), torch.as_tensor(y))
+    z, y = np.concatenate([x.reshape(-1, 9) for x in logits]), np.concatenate([t.reshape(-1) for t in targets])
+    assert a.result() == b.result() == {"val_next_token_accuracy": M.next_token_accuracy(z, y),
+                                        "val_top5_accuracy": M.top_k_accuracy(z, y, 5)}
+    args = get_preset("shakespeare-char", impl="numpy", context_length=8, batch_size=3, eval_iters=2)
+    model = TransformerLM(TransformerConfig(vocab_size=11, context_length=8, d_model=8, n_layer=1, n_head=2))
+    val = rng.integers(0, 11, 200)
+    acc = M.TopKCounter()
+    estimate_loss(model, val, args, accuracy=acc)
+    windows = np.random.default_rng(args.seed + 1)
+    xs, ys = zip(*(random_batch(val, 3, 8, windows) for _ in range(2)))
+    expected = M.next_token_accuracy(np.concatenate([model.forward(x) for x in xs]), np.concatenate(ys))
+    assert acc.count == 2 * 3 * 8 and acc.result()["val_next_token_accuracy"] == expected

@@ -10,6 +10,7 @@
 | ``minilm.data.synthetic`` | ``MarkovSource``: Markov-chain text with an exactly known entropy rate |
 | ``minilm.data.mlm`` | ``mask_tokens`` (BERT's 15 % / 80-10-10 recipe), ``nsp_pairs``, ``single_segments`` |
 | ``minilm.data.speakers`` | ``speaker_task``: who speaks this tinyshakespeare speech, split without leaks |
+| ``minilm.data.markov_task`` | ``markov_task``: which Markov source wrote this string (a quick labelled task) |
 
 Needs only NumPy and the standard library.
 """

@@ -216,6 +216,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     def params() -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in model.params.items()}
 
+    last: dict[str, Any] = {}  # the last step's gradients, for observers (TensorBoard histograms)
+
+    def gradients() -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in last.get("grads", {}).items()}
+
     # --- the loop ---
     rep = Reporter(args.steps, run, start=start, progress=progress, active=True, print_fn=print_fn,
                    title=_title(args), observers=observers)
@@ -243,9 +248,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                 else:
                     x, y = random_batch(data.train, args.batch_size, args.context_length, rng)
                     loss, grads = model.loss_and_grads(x, y)  # LSTM: each window from zero state
+                extra = {}
                 if args.grad_clip > 0:
-                    # g <- g * min(1, clip / ||g||)
-                    clip_grad_norm(grads, args.grad_clip)
+                    # g <- g * min(1, clip / ||g||); ||g|| before clipping is logged as grad_norm
+                    extra["grad_norm"] = clip_grad_norm(grads, args.grad_clip)
+                last["grads"] = grads
                 optimizer.step(grads)
                 done = step + 1
                 loss_value = float(loss)
@@ -253,11 +260,11 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     raise FloatingPointError(f"training loss became {loss_value} at step {done}; "
                                              f"try a lower --lr")
                 losses.append(loss_value)
-                rep.step(done, loss_value, lr)
+                rep.step(done, loss_value, lr, **extra)
                 if callback is not None:
                     callback(done, loss_value)
                 if done % args.eval_interval == 0 or done == args.steps:
-                    _evaluate(model, data, args, rep, done, lr, result, params)
+                    _evaluate(model, data, args, rep, done, lr, result, params, gradients)
                     result.checkpoint = save(done)
     except ForcedStop:
         rep.close()
@@ -283,12 +290,13 @@ def _title(args: TrainArgs) -> str:
 
 
 def _evaluate(model: Any, data: Data, args: TrainArgs, rep: Reporter, done: int, lr: float,
-              result: TrainResult, params: Callable[[], dict[str, np.ndarray]]) -> None:
+              result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
+              grads: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
     acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
     m = lm_metrics(estimate_loss(model, data.val, args, accuracy=acc), data.chars_per_token)
     m.update(acc.result())
     text = sample(model, data, args)
-    rep.evaluation(done, m, lr, text, params)
+    rep.evaluation(done, m, lr, text, params, grads)
     result.val_loss = m["val_loss"]
     result.val_perplexity = m["val_perplexity"]
     result.bits_per_char = m["val_bits_per_char"]

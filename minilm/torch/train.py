@@ -394,6 +394,10 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
     def params() -> dict[str, np.ndarray]:
         return {k: v.detach().float().cpu().numpy() for k, v in raw_model.state_dict().items()}
 
+    def gradients() -> dict[str, np.ndarray]:  # the last step's (for TensorBoard histograms)
+        return {k: p.grad.detach().float().cpu().numpy() for k, p in raw_model.named_parameters()
+                if p.grad is not None}
+
     # --- the loop ---
     rep = Reporter(args.steps, run, start=start, progress=progress, active=is_main,
                    print_fn=print_fn, title=_title(args), observers=observers)
@@ -432,10 +436,12 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     state = tuple(s.detach() for s in new_state)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+                extra = {}
                 if args.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    # g <- g * min(1, clip / ||g||)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+                    # g <- g * min(1, clip / ||g||); ||g|| before clipping is logged as grad_norm
+                    extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                                        args.grad_clip).item()
                 scaler.step(optimizer)
                 scaler.update()
                 done = step + 1
@@ -444,12 +450,13 @@ def train(args: TrainArgs, out: str | Path | None = None, *, resume: bool = Fals
                     raise FloatingPointError(f"training loss became {loss_value} at step {done}; "
                                              f"try a lower --lr")
                 losses.append(loss_value)
-                rep.step(done, loss_value, lr)
+                rep.step(done, loss_value, lr, **extra)
                 if callback is not None:
                     callback(done, loss_value)
                 if done % args.eval_interval == 0 or done == args.steps:
                     if is_main:
-                        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp)
+                        _evaluate(raw_model, data, args, rep, done, lr, result, params, device, amp,
+                                  gradients)
                     result.checkpoint = save(done)
     except ForcedStop:
         rep.close()  # (no dist.close(): the other ranks may be anywhere; the process is ending)
@@ -491,13 +498,14 @@ def _title(args: TrainArgs) -> str:
 
 def _evaluate(model: torch.nn.Module, data: Data, args: TrainArgs, rep: Reporter, done: int,
               lr: float, result: TrainResult, params: Callable[[], dict[str, np.ndarray]],
-              device: torch.device, amp: torch.dtype | None) -> None:
+              device: torch.device, amp: torch.dtype | None,
+              grads: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
     acc = TopKCounter()  # next-token and top-5 accuracy beside the loss
     m = lm_metrics(estimate_loss(model, data.val, args, device=device, amp=amp, accuracy=acc),
                    data.chars_per_token)
     m.update(acc.result())
     text = sample(model, data, args, device)
-    rep.evaluation(done, m, lr, text, params)
+    rep.evaluation(done, m, lr, text, params, grads)
     result.val_loss = m["val_loss"]
     result.val_perplexity = m["val_perplexity"]
     result.bits_per_char = m["val_bits_per_char"]
