@@ -329,18 +329,18 @@ def _inputs(B: int, H: int, L: int, D: int, dtype: str, device: str, seed: int) 
 
 
 def _reference(x: dict, is_causal: bool, mode: str) -> list:
-    """Float64 attention (and gradients) of the inputs, on the CPU: the truth rows compare to."""
-    import torch
+    """Float64 attention (and gradients) of the inputs, computed on their device, returned on
+    the CPU: the truth the rows are compared with."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    leaves = [t.detach().double().cpu().requires_grad_(mode != "fwd") for t in x["torch"][:3]]
+    leaves = [t.detach().double().requires_grad_(mode != "fwd") for t in x["torch"][:3]]
     with sdpa_kernel(SDPBackend.MATH):
         out = F.scaled_dot_product_attention(*leaves, is_causal=is_causal)
     if mode == "fwd":
-        return [out.detach()]
-    out.backward(x["torch"][3].double().cpu())
-    return [out.detach()] + [t.grad for t in leaves]
+        return [out.detach().cpu()]
+    out.backward(x["torch"][3].double())
+    return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
 
 
 def _max_rel_err(got: list, want: list) -> float:
@@ -521,6 +521,7 @@ def run_benchmark(
     heads: int | None = None,
     plugins: list[str] = (),
     only: list[str] | None = None,
+    skip: list[str] = (),
     device: str | None = None,
     threads: int | None = None,
     repeats: int | None = None,
@@ -577,6 +578,7 @@ def run_benchmark(
             raise ValueError(f"--only {','.join(unknown)}: not available here; available: "
                              f"{', '.join(i.name for i in impls)}")
         impls = [i for i in impls if i.name in only]
+    impls = [i for i in impls if i.name not in skip]
     impls += [_plugin_impl(spec, device, dtypes) for spec in plugins]
     for impl in impls:
         if impl.status != "ok":
@@ -688,6 +690,11 @@ def write_plots(result: dict, prefix: str) -> list[str]:
     paths = []
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)] or ["fwd"]
     dims = sorted({r["D"] for r in rows}) or [0]
+    impls = sorted({r["impl"] for r in rows})
+    dtypes = sorted({r["dtype"] for r in rows})
+    # one colour per implementation (the same in every panel); dashed = causal; marker = dtype
+    colour = {name: plt.get_cmap("tab10" if len(impls) <= 10 else "tab20")(i) for i, name in enumerate(impls)}
+    marker = {dt: m for dt, m in zip(dtypes, "osv^Dx")}
     for what in ("throughput", "memory"):
         fig, axes = plt.subplots(len(modes), len(dims), figsize=(6 * len(dims), 4.5 * len(modes)),
                                  squeeze=False)
@@ -698,12 +705,14 @@ def write_plots(result: dict, prefix: str) -> list[str]:
                 for key in sorted({(r["impl"], r["dtype"], r["causal"]) for r in sel}):
                     line = sorted((r for r in sel if (r["impl"], r["dtype"], r["causal"]) == key),
                                   key=lambda r: r["L"])
+                    # (a peak of 0 bytes, e.g. torch reusing freed memory, cannot go on a log axis)
                     ys = ([r["flops_per_s"] / 1e9 for r in line] if what == "throughput"
-                          else [(r["peak_bytes"] or 0) / 2**20 for r in line])
-                    ax.plot([r["L"] for r in line], ys, marker="o", linestyle="--" if key[2] else "-",
+                          else [r["peak_bytes"] / 2**20 if r["peak_bytes"] else math.nan for r in line])
+                    ax.plot([r["L"] for r in line], ys, marker=marker[key[1]], color=colour[key[0]],
+                            linestyle="--" if key[2] else "-",
                             label=f"{key[0]} {key[1]}{' causal' if key[2] else ''}")
                 ax.set_xscale("log", base=2)
-                if what == "memory":
+                if what == "memory" and any(r["peak_bytes"] for r in sel):
                     ax.set_yscale("log")
                 ax.set_xlabel("L = S")
                 ax.set_ylabel("GFLOP/s" if what == "throughput" else "peak memory (MiB)")
@@ -734,8 +743,16 @@ def _strs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit 2), as in ``minilm``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Time every attention implementation side by side (CPU or CUDA GPU): median "
                     "time, FLOP/s, %% of a measured GEMM, peak memory; outputs checked first.",
@@ -748,6 +765,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--impl", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a plug-in fn(q, k, v, is_causal=False, scale=None) -> out (repeatable)")
     p.add_argument("--only", type=_strs, metavar="NAMES", help="built-in implementations to run (comma list)")
+    p.add_argument("--skip", type=_strs, default=[], metavar="NAMES",
+                   help="built-in implementations not to run, where present (comma list)")
     p.add_argument("--json", default="bench_attention.json", metavar="FILE",
                    help="write environment and rows here ('' for none; default: %(default)s)")
     p.add_argument("--plots", default=None, metavar="PREFIX",
@@ -787,7 +806,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             load_plugin(spec)
         result = run_benchmark(lengths=ns.lengths, head_dims=ns.head_dims, dtypes=ns.dtypes,
                                modes=ns.modes, causal=causal, batch=ns.batch, heads=ns.heads,
-                               plugins=ns.impl, only=ns.only, device=ns.device, threads=ns.threads,
+                               plugins=ns.impl, only=ns.only, skip=ns.skip, device=ns.device, threads=ns.threads,
                                repeats=ns.repeats, quick=ns.quick, progress=not ns.no_progress)
     except ValueError as e:
         p.error(str(e))
@@ -825,7 +844,7 @@ def compare(a: dict | list, b: dict | list) -> list[dict]:
 
 def compare_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``minilm bench compare A.json B.json``: b's time / a's time, row by row."""
-    p = argparse.ArgumentParser(prog=prog, description="Row-by-row ratios of two 'minilm bench "
+    p = _Parser(prog=prog, description="Row-by-row ratios of two 'minilm bench "
                                 "attention' JSON files: B's median time over A's (< 1: B is faster).")
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")

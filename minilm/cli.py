@@ -104,7 +104,8 @@ BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     "compare": ("minilm.attention_bench:compare_main", "bench_attention.py",
                 "row-by-row ratios of two 'bench attention' JSON files: compare A.json B.json"),
     "train-step": (None, "bench_train_step.py",
-                   "one training step, NumPy reference vs PyTorch twin"),
+                   "one training step: NumPy reference vs PyTorch twin vs a plain-PyTorch GPT "
+                   "(torch.nn pieces, fused QKV, SDPA)"),
     "generate": (None, "bench_generate.py", "generation with and without the KV cache"),
     "quality": (None, "bench_quality.py",
                 "shakespeare-char Transformer and LSTM presets: val loss and wall time vs targets"),

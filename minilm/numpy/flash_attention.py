@@ -201,8 +201,9 @@ def flash_attention(
             end_n = min(start_n + block_k, hi)
             k_tile = k[..., start_n:end_n, :]  # (..., BN, D)
             v_tile = v[..., start_n:end_n, :]  # (..., BN, Dv)
-            # s = Q_tile K_tile^T * scale
-            s = (q_tile @ k_tile.swapaxes(-1, -2)) * scale  # (..., BM, BN)
+            # s = Q_tile K_tile^T * scale   (in place: one (BM, BN) buffer per step, not three)
+            s = q_tile @ k_tile.swapaxes(-1, -2)  # (..., BM, BN)
+            s *= scale
             if is_causal and end_n - 1 > start_m:
                 # only a tile that crosses the diagonal has keys j > some query i: s_ij = -inf
                 s = np.where(_causal_mask(start_m, end_m, start_n, end_n), s, -np.inf)
@@ -212,13 +213,15 @@ def flash_attention(
             # subtract 0 there instead, which makes that row's p and alpha exactly 0
             m_safe = np.where(m_new == -np.inf, 0.0, m_new)  # (..., BM)
             # p = exp(s - m_new)   (the running max is subtracted before exp: no overflow)
-            p = np.exp(s - m_safe[..., None])  # (..., BM, BN)
+            s -= m_safe[..., None]
+            p = np.exp(s, out=s)  # (..., BM, BN), in s's buffer
             # alpha = exp(m_i - m_new)   (rescales what was summed relative to the old max)
             alpha = np.exp(m_i - m_safe)  # (..., BM)
             # l_i = alpha * l_i + rowsum(p)
             l_i = alpha * l_i + p.sum(axis=-1)  # (..., BM)
             # acc = alpha * acc + p V_tile
-            acc = alpha[..., None] * acc + p @ v_tile  # (..., BM, Dv)
+            acc *= alpha[..., None]
+            acc += p @ v_tile  # (..., BM, Dv)
             # m_i = m_new
             m_i = m_new
             if trace is not None:
