@@ -324,7 +324,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     print(f"\ndone: {result.step} steps ({ran} in this run, {result.seconds:.1f}s)")
     print(f"validation: loss {result.val_loss:.4f} nats/{unit} {result.val_over} | perplexity "
           f"{result.val_perplexity:.3f} | bits/char {result.bits_per_char:.4f} "
-          f"(minilm eval --checkpoint {out}: the whole split)")
+          f"(the whole split: minilm eval --checkpoint {out})")
     if result.sample:
         print(f"sample:\n{result.sample}")
     files = "checkpoint/, config.json, tokenizer.json, log.jsonl" + (", loss.png" if result.loss_plot else "")

@@ -222,8 +222,9 @@ PRESETS["default"] = PRESETS[DEFAULT_PRESET]  # the same settings under the name
 
 # What a newcomer should see at the end of a preset's run (printed when it starts).
 EXPECTED: dict[str, str] = {
-    "shakespeare-char": "val loss about 1.80 nats/char at the end (it starts near 4.2), "
-                        "Shakespeare-like text in the samples",
+    "shakespeare-char": "val loss about 1.80 nats/char at the end (it starts near 4.2) and "
+                        "Shakespeare-like samples; about 150 CPU-seconds: 1.5-2.5 minutes "
+                        "on two or one quiet CPU cores (--threads 1 is faster on a busy machine)",
     "shakespeare-char-nanogpt": "val loss about 1.89 nats/char at the end",
     "shakespeare-char-lstm": "val loss about 1.6-1.9 nats/char at the end",
 }

@@ -291,3 +291,31 @@ def test_strict_benchmarks_exit_1_on_a_missed_target(tmp_path, monkeypatch, caps
     assert tok.main(t) == 0 and tok.main([*t, "--strict"]) == 1
     out = capsys.readouterr().out
     assert "MISSES" in out and "FAIL" in out
+
+
+def test_bare_train_is_the_shakespeare_char_main_job(tmp_path, monkeypatch, capsys):
+    """`minilm train` with no flags (what scripts/run.sh runs) trains the shakespeare-char
+    preset into runs/shakespeare-char and says first what to expect. The loop itself is
+    replaced by a stub: this checks what it is asked to do, in a second."""
+    import minilm.torch.train as torch_train
+    from minilm.cli import main
+    from minilm.presets import EXPECTED, get_preset
+
+    calls = []
+
+    def stub(args, out, **kwargs):
+        calls.append((args, out, kwargs))
+        raise KeyboardInterrupt  # ends the command like a Ctrl-C
+
+    monkeypatch.setattr(torch_train, "train", stub)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 130
+    (args, out, kwargs), = calls
+    assert args == get_preset("shakespeare-char") and args.corpus == "tinyshakespeare"
+    assert out == Path("runs") / "shakespeare-char" and kwargs["overwrite"] is False
+    printed = capsys.readouterr().out
+    assert f"minilm: expect {EXPECTED['shakespeare-char']}" in printed and "1.80" in printed
+    main(["train", "--steps", "100"])  # a changed preset: no promise about its result
+    assert "expect" not in capsys.readouterr().out
+    run_sh = (ROOT / "scripts" / "run.sh").read_text().strip().splitlines()
+    assert run_sh[-1] == 'exec minilm train "$@"'

@@ -20,7 +20,9 @@ contiguous streams, step t reads window t of every stream, and the final (h, c) 
 is the initial state of the next (gradients stop at the window edge; the state is reset to
 zeros when the streams wrap around). ``lstm_bptt="random"`` draws random windows and starts
 each from a zero state, like the Transformer. Validation of an LSTM in carry mode streams
-through the start of the validation tokens the same way.
+through the start of the validation tokens the same way. These in-training evaluations are
+estimates on ``eval_iters`` batches; ``minilm eval`` (``estimate_loss(..., whole_split=True)``)
+scores every validation target once, in order: exact and deterministic.
 
 Everything random comes from the seed: the weights (``seed``), the batch generator
 (``np.random.default_rng(seed)``, saved in the checkpoint as its bit-generator state), the
