@@ -190,8 +190,8 @@ assert not report.passed
 # ## Throughput against length, and the slow plug-in
 #
 # The harness writes two plots (`write_plots`: throughput against $L$, and peak memory against
-# $L$, log-log); here we draw them from the rows ourselves, with the inter-quartile range as
-# error bars.
+# $L$, log-log) into files, switching matplotlib to its file-only backend as it does; in a
+# notebook we draw them from the rows ourselves, with the inter-quartile range as error bars.
 
 # %%
 impls = [n for n in status if status[n]["timed"]]
@@ -204,11 +204,12 @@ for name in impls:
     lo = np.array([r["flops"] / (r["median_s"] + r["iqr_s"] / 2) / 1e9 for r in line])
     hi = np.array([r["flops"] / max(r["median_s"] - r["iqr_s"] / 2, r["median_s"] / 10) / 1e9 for r in line])
     axes[0].errorbar(Ls, gflops, yerr=[gflops - lo, hi - gflops], marker="o", capsize=3, label=name)
-    axes[1].plot(Ls, [max(r["peak_bytes"] or 0, 1) / 2**20 for r in line], marker="o", label=name)
+    mem = [(r["L"], r["peak_bytes"] / 2**20) for r in line if r["peak_bytes"]]  # 0: nothing new was allocated
+    axes[1].plot([m[0] for m in mem], [m[1] for m in mem], marker="o", label=name)
 axes[0].set_yscale("log")
 axes[0].set_ylabel("GFLOP/s (counted FLOPs / median time)")
 axes[1].set_yscale("log")
-axes[1].set_ylabel("peak memory of one call (MiB)")
+axes[1].set_ylabel("peak memory of one call (MiB; zeros left out)")
 for ax in axes:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("L = S (B=1, H=4, D=64, float32, forward)")
