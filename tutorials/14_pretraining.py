@@ -291,8 +291,8 @@ plt.show()
 
 # %% [markdown]
 # **Measured:** the pre-trained encoder fits its training speeches much faster (mean training
-# loss over the last 30 steps below 0.5, against about 0.6 from scratch, where chance is
-# $\ln 2 = 0.69$), yet neither model's test accuracy is further than 2 standard deviations
+# loss over the last 30 steps below 0.5, and more than 0.1 below the model trained from scratch;
+# chance is $\ln 2 = 0.69$), yet neither model's test accuracy is further than 2 standard deviations
 # (0.15) from chance, and the fine-tuned model's validation loss is the higher of the two (it is
 # more confidently wrong). At this scale, a few seconds of pre-training buys faster memorisation
 # of 309 speeches, not a better classifier: the gap between fitting and generalising of chapter 12
@@ -301,7 +301,7 @@ plt.show()
 # %%
 ft_loss = np.mean(results["fine-tuned"].losses[-30:])
 scratch_loss = np.mean(results["from scratch"].losses[-30:])
-assert ft_loss < 0.5 and scratch_loss > 0.55 and ft_loss < scratch_loss, (ft_loss, scratch_loss)
+assert ft_loss < 0.5 and scratch_loss - ft_loss > 0.1, (ft_loss, scratch_loss)
 assert all(abs(a - 0.5) <= 0.15 for a in accs), accs
 workdir.cleanup()
 
