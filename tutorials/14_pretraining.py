@@ -79,7 +79,7 @@ show(mask_tokens)
 # %% [markdown]
 # ## The recipe, measured
 #
-# We mask 2000 rows of 64 characters of tinyshakespeare, each `[CLS] text [SEP]`, and count.
+# We mask 2000 rows of 64 tokens of tinyshakespeare, each `[CLS]`, 62 characters, `[SEP]`, and count.
 # Each ordinary position is chosen independently with probability $p = 0.15$, so over $n$
 # positions the chosen fraction has standard deviation $\sqrt{p(1-p)/n}$; among the $m$ chosen,
 # the fraction made `[MASK]` has standard deviation $\sqrt{0.8 \cdot 0.2 / m}$, and so on. A
@@ -161,7 +161,7 @@ show(TransformerEncoder._pooled, TransformerEncoder.loss)
 # ## Pre-training both ways
 #
 # `minilm.encoder_training.pretrain` is what `minilm pretrain --objective mlm|causal` runs: rows
-# of 48 characters of tinyshakespeare (`[CLS] window [SEP]` masked by the recipe for MLM;
+# of 48 tokens of tinyshakespeare (`[CLS] window [SEP]` masked by the recipe for MLM;
 # `[CLS] window` predicting each next character for causal), AdamW with warm-up and cosine
 # decay. A small model (2 post-LN blocks, width 48, 4 heads), 200 steps of 32 rows each, the
 # same for both objectives: a few seconds, a tiny fraction of what BERT spent, enough to see the
@@ -251,7 +251,8 @@ assert Counter(y for _, y in task.test) == {0: 22, 1: 22}
 # Fine-tuning (`minilm finetune`, `minilm.encoder_training.finetune`) builds the same encoder
 # with a classification head (`EncoderConfig(n_classes=2)`), loads the pre-trained weights with
 # `strict=False` (the new head keeps its random initialisation) and trains everything on
-# `[CLS] speech [SEP]` rows, cut to the 48 characters the position embedding covers, with the
+# `[CLS] speech [SEP]` rows (the speech cut to 46 characters, so that the row fits the 48
+# positions the position embedding covers), with the
 # cross-entropy of the class. `from_scratch=True` trains the identical model from its random
 # initialisation on the same batches: the only difference is the pre-training.
 #
