@@ -87,9 +87,10 @@ EVAL_EXAMPLES = _fmt("""
 # ``handler=<function(ns) -> int>`` as a default; errors are reported as for the commands here.
 # Such a module imports nothing heavy at the top (torch, matplotlib) so that ``minilm --help``
 # stays fast.
-COMMAND_MODULES: list[str] = ["minilm.encoder_cli"]
+COMMAND_MODULES: list[str] = []
 COMMAND_MODULES.append("minilm.tutorials")  # minilm tutorials list|build
 COMMAND_MODULES.append("minilm.compress_command")  # minilm compress (issue 11)
+COMMAND_MODULES.append("minilm.encoder_cli")  # minilm pretrain, minilm finetune (issue 10)
 
 BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
     # name: (module with main(argv, prog) -- or "module:function" -- or None, script under
@@ -111,6 +112,9 @@ BENCHMARKS: dict[str, tuple[str | None, str, str]] = {
                 "shakespeare-char Transformer and LSTM presets: val loss and wall time vs targets"),
     "tokenizer": (None, "bench_tokenizer.py", "tokenizer training and encoding speed"),
 }
+BENCHMARKS["finetune"] = (None, "bench_finetune.py",  # issue 10
+                          "pre-trained and fine-tuned encoder vs the same model from scratch: "
+                          "test accuracy against the number of labelled examples, plotted")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,9 +397,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     if is_encoder_run(ns.checkpoint):  # an encoder or a classifier: accuracy, P/R/F1, confusion
         return report_encoder_run(ns.checkpoint, ns.impl, ns.eval_iters)
+    from minilm.numpy.metrics import TopKCounter
     from minilm.presets import TrainArgs
     from minilm.runs import load_run
-    from minilm.numpy.metrics import TopKCounter
     from minilm.training import eval_description, lm_metrics, prepare_data
 
     _check_positive("--eval-iters", ns.eval_iters)
