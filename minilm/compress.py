@@ -364,8 +364,8 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     families = {"float32": [], "quantised": [], "pruned": [], "pruned + fine-tuned": [],
                 "structured": [], "torch dynamic": []}
     for r in rows:
-        if r["variant"] == "float32":
-            fam = "float32"
+        if not r.get("bits") and not r.get("prune") and not r.get("peer"):
+            fam = "float32"  # and float32 fine-tuned (the control)
         elif r.get("peer"):
             fam = "torch dynamic"
         elif r.get("structured"):
@@ -388,8 +388,9 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_tick_params(which="minor", labelsize=7)
     ax.set_xlabel("weights on disk (MB, log scale)")
     ax.set_ylabel("validation perplexity (log scale)")
     ax.set_title("perplexity against size")
