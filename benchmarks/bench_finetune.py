@@ -122,16 +122,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def _plot(record: dict, path: str) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # object-oriented: no global backend switched
     except ImportError:
         print("plot skipped: matplotlib is not installed", file=sys.stderr)
         return
     runs = record["runs"]
     n = [r["labelled"] for r in runs]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(n, [r["finetuned"]["accuracy"] for r in runs], "o-", label="fine-tuned (pre-trained)")
     ax.plot(n, [r["scratch"]["accuracy"] for r in runs], "s--", label="from scratch")
     ax.axhline(record["chance"], color="grey", lw=0.8, label="chance")
@@ -143,7 +141,6 @@ def _plot(record: dict, path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

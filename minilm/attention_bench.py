@@ -680,10 +680,9 @@ def format_table(rows: list[dict]) -> str:
 def write_plots(result: dict, prefix: str) -> list[str]:
     """``PREFIX_throughput.png`` (GFLOP/s against L) and ``PREFIX_memory.png`` (peak memory
     against L, log-log); returns the paths written."""
+    # the object-oriented API: no pyplot state and no global backend switched
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [r for r in result["rows"] if r["status"] == "ok"]
     device = result["environment"].get("gpu") or result["environment"].get("cpu")
@@ -693,11 +692,11 @@ def write_plots(result: dict, prefix: str) -> list[str]:
     impls = sorted({r["impl"] for r in rows})
     dtypes = sorted({r["dtype"] for r in rows})
     # one colour per implementation (the same in every panel); dashed = causal; marker = dtype
-    colour = {name: plt.get_cmap("tab10" if len(impls) <= 10 else "tab20")(i) for i, name in enumerate(impls)}
+    colour = {name: matplotlib.colormaps["tab10" if len(impls) <= 10 else "tab20"](i) for i, name in enumerate(impls)}
     marker = {dt: m for dt, m in zip(dtypes, "osv^Dx")}
     for what in ("throughput", "memory"):
-        fig, axes = plt.subplots(len(modes), len(dims), figsize=(6 * len(dims), 4.5 * len(modes)),
-                                 squeeze=False)
+        fig = Figure(figsize=(6 * len(dims), 4.5 * len(modes)))
+        axes = fig.subplots(len(modes), len(dims), squeeze=False)
         for i, mode in enumerate(modes):
             for j, D in enumerate(dims):
                 ax = axes[i][j]
@@ -723,7 +722,6 @@ def write_plots(result: dict, prefix: str) -> list[str]:
         fig.tight_layout()
         path = f"{prefix}_{what}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 

@@ -339,11 +339,9 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     """Perplexity against bytes on disk, one marker per family of variants; None without
     matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # the object-oriented API: no pyplot state and no global backend switched
         import matplotlib.ticker
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     families = {"float32": [], "quantised": [], "pruned": [], "pruned + fine-tuned": [],
@@ -360,7 +358,8 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
         else:
             fam = "quantised"
         families[fam].append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for (fam, rs), marker in zip(families.items(), "*osD^v"):
         if rs:
             rs = sorted(rs, key=lambda r: r["bytes"])
@@ -384,7 +383,6 @@ def plot_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

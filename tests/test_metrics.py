@@ -118,3 +118,22 @@ def test_top_k_counter_numpy_and_torch_and_in_estimate_loss(rng):
     xs, ys = zip(*(random_batch(val, 3, 8, windows) for _ in range(2)))
     expected = M.next_token_accuracy(np.concatenate([model.forward(x) for x in xs]), np.concatenate(ys))
     assert acc.count == 2 * 3 * 8 and acc.result()["val_next_token_accuracy"] == expected
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """The library's plots draw on their own Figure: a notebook's inline backend (here, in a
+    fresh interpreter, the 'svg' backend standing in for it) is never switched to Agg."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg')\n"
+            "import numpy as np\n"
+            "from minilm.numpy.metrics import plot_confusion_matrix\n"
+            "from minilm.compress import plot_rows\n"
+            f"plot_confusion_matrix(np.eye(3, dtype=int), path={str(tmp_path / 'cm.png')!r})\n"
+            f"plot_rows([dict(variant='float32', bytes=100, val_perplexity=5.0)], {str(tmp_path / 'c.png')!r})\n"
+            "print(matplotlib.get_backend())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "cm.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0

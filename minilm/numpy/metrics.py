@@ -175,11 +175,9 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None, pat
     """Draw ``cm`` (K, K) as a heat map (rows true, columns predicted), each cell annotated
     with its count; colours show each row's fraction when ``normalize``. Saves to ``path``
     when given; returns the matplotlib Figure. Needs matplotlib (imported here only)."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # the object-oriented API: no pyplot state and no global backend switched, so the figure
+    # shows inline in a notebook and saves anywhere
+    from matplotlib.figure import Figure
 
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -190,7 +188,8 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None, pat
         raise ValueError(f"plot_confusion_matrix: {len(names)} class names for a {K}x{K} matrix")
     rows = cm.sum(axis=1, keepdims=True)
     shown = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) if normalize else cm
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * K, 0.8 + 0.6 * K))
+    fig = Figure(figsize=(1.0 + 0.6 * K, 0.8 + 0.6 * K))
+    ax = fig.subplots()
     im = ax.imshow(shown, cmap="Blues", vmin=0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of row" if normalize else "count")
     ax.set_xticks(range(K), names, rotation=45, ha="right")
@@ -206,7 +205,6 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None, pat
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
-        plt.close(fig)
     return fig
 
 
