@@ -56,7 +56,7 @@ def _wrap(text: str) -> str:
 
 TRAIN_EXAMPLES = _fmt("""
     examples:
-      minilm train                                   # the main job: shakespeare-char, ~1.5 min on 2 CPU cores
+      minilm train                                   # the main job: shakespeare-char, ~70 s on 2 CPU cores
       minilm train --preset tiny --out runs/tiny     # a few seconds
       minilm train --preset pydoc-char               # the same model on Python's own documentation
       minilm train --model lstm --preset shakespeare-char-lstm
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Train a Transformer or LSTM language model with the NumPy reference loop or "
                     "its PyTorch twin. Flags override the preset; with no flags this is the "
                     "main job, preset 'shakespeare-char' (also called 'default'): a small "
-                    "char-level Transformer on tinyshakespeare, about 1.5 minutes on 2 CPU cores, "
+                    "char-level Transformer on tinyshakespeare, about 70 seconds on 2 CPU cores, "
                     "ending near val loss 1.80. Prints validation perplexity and samples."),
         epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--preset", default=None, metavar="NAME",

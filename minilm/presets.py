@@ -8,7 +8,7 @@ overrides.
 | preset | what it is for |
 | --- | --- |
 | ``tiny`` | tests and smoke runs: a few seconds on one CPU core |
-| ``shakespeare-char`` | the main job (``minilm train`` with no arguments; ``default`` is another name for it): nanoGPT's "shakespeare-char on a laptop" run, its model, batch, context and steps, twice its lr; val loss about 1.80 in about a minute and a half on two CPU cores |
+| ``shakespeare-char`` | the main job (``minilm train`` with no arguments; ``default`` is another name for it): nanoGPT's "shakespeare-char on a laptop" run, its model, batch, context and steps, twice its lr; val loss about 1.80 in about 70 seconds on two CPU cores |
 | ``pydoc-char`` | the same model on the builtin corpus (Python's own reference documentation, which ships with Python: offline anywhere) |
 | ``shakespeare-char-nanogpt`` | the same, setting for setting (nanoGPT's lr too) |
 | ``shakespeare-char-lstm`` | an LSTM tuned to match it (val loss <= 1.90) in the same wall time |
@@ -223,8 +223,8 @@ PRESETS["default"] = PRESETS[DEFAULT_PRESET]  # the same settings under the name
 # What a newcomer should see at the end of a preset's run (printed when it starts).
 EXPECTED: dict[str, str] = {
     "shakespeare-char": "val loss about 1.80 nats/char at the end (it starts near 4.2) and "
-                        "Shakespeare-like samples; about 150 CPU-seconds: 1.5-2.5 minutes "
-                        "on two or one quiet CPU cores (--threads 1 is faster on a busy machine)",
+                        "Shakespeare-like samples; about 140 CPU-seconds: about 70 s on two "
+                        "quiet CPU cores (--threads 1 is faster on a busy machine)",
     "shakespeare-char-nanogpt": "val loss about 1.89 nats/char at the end",
     "shakespeare-char-lstm": "val loss about 1.6-1.9 nats/char at the end",
 }
