@@ -75,6 +75,7 @@ from minilm.numpy.layers import (
     linear_forward,
     to_numpy,
 )
+from minilm.state_dicts import check_state_dict
 
 __all__ = ["TransformerEncoder", "encoder_param_shapes", "init_encoder_params", "N_NSP_CLASSES"]
 
@@ -168,8 +169,12 @@ class TransformerEncoder:
         shape mismatches; nothing is changed then. ``strict=False`` loads the keys both sides
         have (a pre-trained encoder into a classifier: the ``cls.*`` head stays as it was).
         """
-        arrays = _checked_arrays(self.params, state_dict, strict)
+        arrays = {k: to_numpy(v) for k, v in state_dict.items()}  # torch tensors too
+        check_state_dict({k: v.shape for k, v in self.params.items()}, {k: v.shape for k, v in arrays.items()},
+                         strict)
         for k, v in arrays.items():
+            if k not in self.params:  # not strict: keys this model lacks are left out
+                continue
             self.params[k][...] = v  # in place: optimisers hold these arrays
 
     def num_params(self) -> int:
@@ -387,27 +392,3 @@ def _check_ints(x: Any, shape: tuple[int, ...], n: int, name: str, ignore_index:
     return x.astype(np.int64)
 
 
-def _checked_arrays(own: Mapping[str, Any], state_dict: Mapping[str, Any], strict: bool) -> dict[str, np.ndarray]:
-    """The arrays of ``state_dict`` to load into ``own``, or ValueError naming what is wrong."""
-    missing = sorted(set(own) - set(state_dict)) if strict else []
-    unexpected = sorted(set(state_dict) - set(own)) if strict else []
-    arrays, bad_shapes = {}, []
-    for k in own:
-        if k not in state_dict:
-            continue
-        v = to_numpy(state_dict[k])
-        if v.shape != tuple(own[k].shape):
-            bad_shapes.append(f"{k}: expected {tuple(own[k].shape)}, got {v.shape}")
-        arrays[k] = v
-    if missing or unexpected or bad_shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if bad_shapes:
-            parts.append("shape mismatches: " + "; ".join(bad_shapes))
-        raise ValueError("load_state_dict: " + ", ".join(parts))
-    if not arrays:
-        raise ValueError("load_state_dict: no key in common with this model")
-    return arrays

@@ -75,6 +75,7 @@ from minilm.numpy.layers import (
     linear_forward,
     to_numpy,
 )
+from minilm.state_dicts import check_state_dict
 
 __all__ = [
     "GATES",
@@ -394,28 +395,10 @@ class LSTMLM:
         Raises ValueError naming missing keys, unexpected keys and shape mismatches; nothing
         is changed then. The arrays in ``params`` stay the same objects (optimisers hold them).
         """
-        expected = self.params
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        arrays, bad_shapes = {}, []
-        for k in expected:
-            if k not in state_dict:
-                continue
-            v = to_numpy(state_dict[k])  # torch tensors too, half precision widened exactly
-            if v.shape != expected[k].shape:
-                bad_shapes.append(f"{k}: expected {expected[k].shape}, got {v.shape}")
-            arrays[k] = v
-        if missing or unexpected or bad_shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if bad_shapes:
-                parts.append("shape mismatches: " + "; ".join(bad_shapes))
-            raise ValueError("load_state_dict: " + ", ".join(parts))
+        arrays = {k: to_numpy(v) for k, v in state_dict.items()}  # torch tensors too, half precision widened exactly
+        check_state_dict({k: v.shape for k, v in self.params.items()}, {k: v.shape for k, v in arrays.items()})
         for k, v in arrays.items():
-            expected[k][...] = v
+            self.params[k][...] = v
 
     def num_params(self) -> int:
         """Number of scalar parameters (a tied head counted once)."""

@@ -29,7 +29,8 @@ from torch import nn
 
 from minilm.config import EncoderConfig
 from minilm.numpy.encoder import N_NSP_CLASSES, init_encoder_params
-from minilm.torch.layers import ATTENTION_BACKENDS, Block, Embedding, Linear, gelu
+from minilm.torch.layers import ATTENTION_BACKENDS, Block, Embedding, Linear, gelu, to_tensor
+from minilm.state_dicts import check_state_dict
 
 __all__ = ["TransformerEncoder"]
 
@@ -86,28 +87,10 @@ class TransformerEncoder(nn.Module):
         mismatches, before changing anything; ``strict=False`` loads the keys both sides have.
         """
         own = super().state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        bad_shapes = []
-        for k, v in state_dict.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-            if k in own and tuple(t.shape) != tuple(own[k].shape):
-                bad_shapes.append(f"{k}: expected {tuple(own[k].shape)}, got {tuple(t.shape)}")
-            tensors[k] = t
-        missing = sorted(set(own) - set(tensors)) if strict else []
-        unexpected = sorted(set(tensors) - set(own)) if strict else []
-        if missing or unexpected or bad_shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if bad_shapes:
-                parts.append("shape mismatches: " + "; ".join(bad_shapes))
-            raise ValueError("load_state_dict: " + ", ".join(parts))
+        tensors = {k: to_tensor(v) for k, v in state_dict.items()}
+        check_state_dict({k: t.shape for k, t in own.items()}, {k: t.shape for k, t in tensors.items()}, strict)
         if not strict:
             tensors = {k: v for k, v in tensors.items() if k in own}
-            if not tensors:
-                raise ValueError("load_state_dict: no key in common with this model")
         return super().load_state_dict(tensors, strict=strict, assign=assign)
 
     # -- forward --------------------------------------------------------------------------

@@ -252,6 +252,12 @@ class Block(nn.Module):
         return x  # (B, T, C)
 
 
+def to_tensor(x: Any) -> torch.Tensor:
+    """A tensor of x: tensors as they are, NumPy arrays and lists through ``torch.as_tensor``
+    (the twin of ``minilm.numpy.layers.to_numpy``)."""
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
 def check_targets(targets: Any, shape: tuple[int, ...], vocab_size: int, ignore_index: int = -100,
                   device: torch.device | str | None = None) -> torch.Tensor:
     """targets as a long tensor of ``shape`` (B, T) on ``device``, each in [0, V) or

@@ -47,7 +47,8 @@ from torch import nn
 
 from minilm.config import LSTMConfig
 from minilm.numpy.lstm import gate_slices, init_params
-from minilm.torch.layers import Embedding, check_targets
+from minilm.torch.layers import Embedding, check_targets, to_tensor
+from minilm.state_dicts import check_state_dict
 
 __all__ = ["LSTMLM", "LSTM", "lstm_cell"]
 
@@ -115,10 +116,6 @@ class LSTM(nn.Module):
         return x, (torch.stack(h_n), torch.stack(c_n))
 
 
-def _to_tensor(v: Any) -> torch.Tensor:
-    return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-
-
 class LSTMLM(nn.Module):
     """Multi-layer LSTM language model, the twin of ``minilm.numpy.LSTMLM``.
 
@@ -155,20 +152,8 @@ class LSTMLM(nn.Module):
         and shape mismatches before changing anything.
         """
         own = super().state_dict()
-        tensors = {k: _to_tensor(v) for k, v in state_dict.items()}
-        bad_shapes = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(t.shape)}"
-                      for k, t in tensors.items() if k in own and tuple(t.shape) != tuple(own[k].shape)]
-        missing = sorted(set(own) - set(tensors)) if strict else []
-        unexpected = sorted(set(tensors) - set(own)) if strict else []
-        if missing or unexpected or bad_shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if bad_shapes:
-                parts.append("shape mismatches: " + "; ".join(bad_shapes))
-            raise ValueError("load_state_dict: " + ", ".join(parts))
+        tensors = {k: to_tensor(v) for k, v in state_dict.items()}
+        check_state_dict({k: t.shape for k, t in own.items()}, {k: t.shape for k, t in tensors.items()}, strict)
         return super().load_state_dict(tensors, strict=strict, assign=assign)
 
     def _head_weight(self) -> torch.Tensor:
@@ -181,7 +166,7 @@ class LSTMLM(nn.Module):
         return w.new_zeros(shape), w.new_zeros(shape)
 
     def _check_idx(self, idx: Any) -> torch.Tensor:
-        idx = _to_tensor(idx)
+        idx = to_tensor(idx)
         if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
             raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         if idx.dim() != 2:
@@ -203,7 +188,7 @@ class LSTMLM(nn.Module):
         w = self.emb.weight
         out = []
         for name, s in zip("hc", state):
-            s = _to_tensor(s)
+            s = to_tensor(s)
             if tuple(s.shape) != expected:
                 raise ValueError(f"state {name} must have shape (n_layer, B, d_hidden) = {expected}, "
                                  f"got {tuple(s.shape)}")

@@ -41,7 +41,9 @@ from minilm.torch.layers import (
     Linear,
     check_targets,
     check_triton_head_dim,
+    to_tensor,
 )
+from minilm.state_dicts import check_state_dict
 
 __all__ = ["TransformerLM", "KVCache"]
 
@@ -130,24 +132,8 @@ class TransformerLM(nn.Module):
         and shape mismatches before changing anything.
         """
         own = super().state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        bad_shapes = []
-        for k, v in state_dict.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-            if k in own and tuple(t.shape) != tuple(own[k].shape):
-                bad_shapes.append(f"{k}: expected {tuple(own[k].shape)}, got {tuple(t.shape)}")
-            tensors[k] = t
-        missing = sorted(set(own) - set(tensors)) if strict else []
-        unexpected = sorted(set(tensors) - set(own)) if strict else []
-        if missing or unexpected or bad_shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if bad_shapes:
-                parts.append("shape mismatches: " + "; ".join(bad_shapes))
-            raise ValueError("load_state_dict: " + ", ".join(parts))
+        tensors = {k: to_tensor(v) for k, v in state_dict.items()}
+        check_state_dict({k: t.shape for k, t in own.items()}, {k: t.shape for k, t in tensors.items()}, strict)
         return super().load_state_dict(tensors, strict=strict, assign=assign)
 
     def _param(self) -> torch.Tensor:
