@@ -61,6 +61,7 @@ import numpy as np
 
 from minilm.config import EncoderConfig
 from minilm.numpy.layers import (
+    param_dtype,
     block_backward,
     block_forward,
     cross_entropy_backward,
@@ -149,9 +150,7 @@ class TransformerEncoder:
     def __init__(self, config: EncoderConfig, seed: int = 0, dtype: Any = np.float32) -> None:
         if not isinstance(config, EncoderConfig):
             raise ValueError(f"config must be an EncoderConfig, got {type(config).__name__}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = param_dtype(dtype)
         self.config = config
         self.dtype = dtype
         self.params: dict[str, np.ndarray] = init_encoder_params(config, seed, dtype)

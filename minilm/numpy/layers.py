@@ -71,6 +71,7 @@ __all__ = [
     "cross_entropy_forward",
     "cross_entropy_backward",
     "check_targets",
+    "param_dtype",
     "to_numpy",
     "KVCacheLayer",
 ]
@@ -480,6 +481,14 @@ def check_targets(targets: Any, shape: tuple[int, ...], vocab_size: int,
         raise ValueError(f"targets must be in [0, {vocab_size}) or ignore_index={ignore_index}, "
                          f"got {bad[:5].tolist()}")
     return targets
+
+
+def param_dtype(dtype: Any) -> np.dtype:
+    """The parameter dtype of a NumPy model: float32 or float64, else ValueError."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -66,6 +66,7 @@ import numpy as np
 
 from minilm.config import LSTMConfig
 from minilm.numpy.layers import (
+    param_dtype,
     check_targets,
     cross_entropy_backward,
     cross_entropy_forward,
@@ -376,9 +377,7 @@ class LSTMLM:
     def __init__(self, config: LSTMConfig, seed: int = 0, dtype: Any = np.float32) -> None:
         if not isinstance(config, LSTMConfig):
             raise ValueError(f"config must be an LSTMConfig, got {type(config).__name__}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = param_dtype(dtype)
         self.config = config
         self.dtype = dtype
         self.params: dict[str, np.ndarray] = init_params(config, seed, dtype)

@@ -51,6 +51,7 @@ import numpy as np
 
 from minilm.config import TransformerConfig
 from minilm.numpy.layers import (
+    param_dtype,
     KVCacheLayer,
     block_backward,
     block_forward,
@@ -181,9 +182,7 @@ class TransformerLM:
     def __init__(self, config: TransformerConfig, seed: int = 0, dtype: Any = np.float32) -> None:
         if not isinstance(config, TransformerConfig):
             raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = param_dtype(dtype)
         self.config = config
         self.dtype = dtype
         self.params: dict[str, np.ndarray] = init_params(config, seed, dtype)
